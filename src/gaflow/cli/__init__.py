@@ -1,0 +1,29 @@
+"""The ``gaflow`` command line. Each job lives in its own module here and registers itself on ``app``:
+load config → build pieces → loop with a progress bar → write artefacts to one run folder."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="gaflow",
+    help="Guided Action Flow: steer a frozen flow-matching robot policy with a learned action-chunk critic.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def main() -> None:
+    """gaflow: test-time Q-guidance for frozen flow-matching robot policies."""
+
+
+def _register() -> None:
+    # Importing a command module registers its commands on `app`.
+    from gaflow.cli import demo  # noqa: F401
+
+
+_register()
+
+__all__ = ["app"]

@@ -1,0 +1,128 @@
+"""One flat, typed guidance config (a CLI flag and a config field are the same thing) and the :class:`Guidance`
+object that composes the small pieces for the sampler: estimator → strength → schedule → gate → finite check →
+control → convention sign.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gaflow.convention import ascent_sign
+from gaflow.guidance.controls import Control
+from gaflow.guidance.diagnostics import GuidanceDiagnostics
+from gaflow.guidance.estimators import ESTIMATORS, FlowStep, estimate
+from gaflow.guidance.objective import CriticObjective
+from gaflow.guidance.strength import EPS, Schedule, Strength, per_sample_norm
+from gaflow.guidance.uncertainty import Gate
+
+
+@dataclass
+class GuidanceConfig:
+    estimator: str = "clean_estimate"  # noisy_point | clean_estimate | clean_jacobian | bptt | none
+    scale: float = 1.0  # multiplies the gradient (GAF's β = 1/scale)
+    relative: float | None = None  # ρ: ‖Δv‖ = ρ·‖v‖ per sample and step; overrides scale
+    clip: float | None = None  # per-sample max ‖g‖ before scaling
+    schedule: str = "all"  # all | window | ramp
+    schedule_start: float = 0.0
+    schedule_end: float = 1.0
+    trust_region: float | None = None  # max L2 distance (real dims) from the unguided chunk with the same noise
+    aggregate: str = "mean"  # mean | min | lcb
+    kappa: float = 1.0  # lcb = mean − κ·std
+    gate_k: float = 0.0  # gate = clamp(exp(−k·std), gate_min, 1); 0 = off
+    gate_min: float = 0.1
+    fallback_std: float | None = None  # std above this → unguided velocity for that sample
+    control: str = "none"  # none | zero | random
+    control_seed: int = 0
+    posthoc_steps: int = 0  # post-hoc gradient ascent on the final chunk
+    posthoc_lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.estimator not in (*ESTIMATORS, "none"):
+            raise ValueError(f"estimator must be one of {', '.join((*ESTIMATORS, 'none'))}; got {self.estimator!r}")
+        if self.posthoc_steps < 0 or self.posthoc_lr < 0:
+            raise ValueError("posthoc_steps and posthoc_lr must be >= 0")
+        if self.trust_region is not None and self.trust_region < 0:
+            raise ValueError(f"trust_region must be >= 0, got {self.trust_region}")
+        # Build the pieces once so a bad value fails here, naming its field.
+        self.strength, self.schedule_, self.gate = (
+            Strength(self.scale, self.relative, self.clip),
+            Schedule(self.schedule, self.schedule_start, self.schedule_end),
+            Gate(self.gate_k, self.gate_min, self.fallback_std),
+        )
+        Control(self.control)
+        if self.aggregate not in ("mean", "min", "lcb"):
+            raise ValueError(f"aggregate must be mean, min or lcb; got {self.aggregate!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GuidanceConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown guidance config field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class Guidance:
+    """A critic plus a :class:`GuidanceConfig`, applied by the sampler at every flow step."""
+
+    def __init__(self, critic, config: GuidanceConfig | None = None) -> None:
+        self.critic = critic
+        self.config = config or GuidanceConfig()
+        self.control = Control(self.config.control, self.config.control_seed)
+
+    def objective(self, features: dict[str, torch.Tensor]) -> CriticObjective:
+        return CriticObjective(self.critic, features, self.config.aggregate, self.config.kappa)
+
+    @property
+    def active(self) -> bool:
+        return self.config.estimator != "none"
+
+    def weight(self, k: int, n: int) -> float:
+        return self.config.schedule_.weight(k, n)
+
+    def guided_velocity(
+        self, step: FlowStep, objective: CriticObjective, weight: float, diag: GuidanceDiagnostics | None
+    ) -> torch.Tensor:
+        """The policy velocity at ``step`` with guidance added to its real dims."""
+        cfg, d = self.config, step.action_dim
+        v, g, val = estimate(cfg.estimator, step, objective)  # type: ignore[arg-type]
+        ok = torch.isfinite(val.aggregate) & torch.isfinite(g).flatten(1).all(1)  # (B,)
+        g = torch.where(ok.view(-1, 1, 1), g, torch.zeros_like(g))
+        v_real = v[..., :d]
+        std = torch.nan_to_num(val.std, nan=float("inf")) if val.members.shape[0] > 1 else val.std
+        gate, fell_back = cfg.gate(std)
+        delta = cfg.strength(g, v_real) * (gate * weight).view(-1, 1, 1)
+        delta = torch.where(ok.view(-1, 1, 1), delta, torch.zeros_like(delta))
+        applied = self.control(delta)
+        if applied is None:
+            v_out, applied_norm = v, torch.zeros(v.shape[0])
+        else:
+            v_out = v.clone()
+            v_out[..., :d] = v_real + ascent_sign(step.convention) * applied
+            applied_norm = per_sample_norm(applied)
+        if diag is not None:
+            g_norm = per_sample_norm(g)
+            cos = (g.flatten(1) * applied.flatten(1)).sum(1) / (g_norm * applied_norm).clamp_min(EPS) \
+                if applied is not None else torch.full_like(g_norm, float("nan"))
+            cos = torch.where(applied_norm > 0, cos, torch.full_like(cos, float("nan")))
+            diag.record(
+                step.step, raw_grad_norm=g_norm, applied_norm=applied_norm,
+                ratio=applied_norm / per_sample_norm(v_real).clamp_min(EPS), gate=gate,
+                q_mean=val.mean, q_std=val.std, cosine=cos,
+            )
+            diag.nonfinite += int((~ok).sum())
+            diag.fallback += int((fell_back & ok).sum())
+        return v_out

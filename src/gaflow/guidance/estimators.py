@@ -1,0 +1,102 @@
+"""Where the guidance gradient ``g`` comes from (see shared notes, "Gradient estimators").
+
+Each estimator is called once per flow step with a :class:`FlowStep` and returns the policy velocity at ``x_t``
+(so estimators that need the velocity inside a graph compute it themselves — no step pays for two velocity calls),
+the gradient ``g`` ``(B, H, action_dim)`` pointing up the critic, and the critic values used.
+
+* ``noisy_point`` — ``∇_x Q(x_t)``; biased (the critic never saw noisy chunks); a control.
+* ``clean_estimate`` — ``∇_Â Q(Â)`` at the one-step clean estimate with ``J = I`` (GAF, QGF): ``Â`` is built from
+  detached ``x_t`` and ``v``; cost on top of unguided: exactly one critic forward+backward.
+* ``clean_jacobian`` — ``(∂Â/∂x_t)ᵀ ∇_Â Q``: the velocity is evaluated inside the graph and one vector-Jacobian
+  product goes through it.
+* ``bptt`` — ``∇_{x_t} Q(ODE_{t→end}(x_t))`` through the remaining (unguided) Euler steps; a reference, costly.
+
+Post-hoc ascent on the final chunk (PA-RL style) is :func:`posthoc_ascent`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from gaflow.convention import clean_estimate
+from gaflow.guidance.objective import CriticObjective, CriticValue
+from gaflow.policies.base import TimeConvention
+
+EstimatorName = Literal["noisy_point", "clean_estimate", "clean_jacobian", "bptt"]
+ESTIMATORS: tuple[str, ...] = ("noisy_point", "clean_estimate", "clean_jacobian", "bptt")
+
+
+@dataclass
+class FlowStep:
+    x: torch.Tensor  # (B, H, Dp) current sampler state, detached
+    t: torch.Tensor  # (B,) current time
+    step: int  # index in the time grid
+    grid: torch.Tensor  # (num_steps + 1,) the whole time grid
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, t) -> v
+    convention: TimeConvention
+    action_dim: int
+    velocity: torch.Tensor | None = None  # precomputed detached velocity, if the caller has it
+
+
+def _velocity(step: FlowStep) -> torch.Tensor:
+    if step.velocity is not None:
+        return step.velocity
+    with torch.no_grad():
+        return step.velocity_fn(step.x, step.t)
+
+
+def estimate(
+    name: EstimatorName, step: FlowStep, objective: CriticObjective
+) -> tuple[torch.Tensor, torch.Tensor, CriticValue]:
+    """Return ``(velocity, g, critic value)`` for the estimator called ``name``."""
+    d = step.action_dim
+    if name == "noisy_point":
+        v = _velocity(step)
+        val, g = objective.value_and_grad(step.x[..., :d])
+        return v, g, val
+    if name == "clean_estimate":
+        v = _velocity(step)
+        a_hat = clean_estimate(step.x[..., :d], v[..., :d], step.t, step.convention)
+        val, g = objective.value_and_grad(a_hat)
+        return v, g, val
+    if name == "clean_jacobian":
+        x = step.x.detach().requires_grad_(True)
+        v = step.velocity_fn(x, step.t)
+        a_hat = clean_estimate(x, v, step.t, step.convention)[..., :d]
+        agg, val = objective.value_with_graph(a_hat)
+        (gx,) = torch.autograd.grad(agg.sum(), x)
+        return v.detach(), gx[..., :d], val
+    if name == "bptt":
+        x0 = step.x.detach().requires_grad_(True)
+        x, v_first = x0, None
+        for k in range(step.step, len(step.grid) - 1):
+            t = step.grid[k].to(x0).expand(x0.shape[0])
+            dt = (step.grid[k + 1] - step.grid[k]).to(x0)
+            v = step.velocity_fn(x, t)
+            v_first = v if v_first is None else v_first
+            x = x + dt * v
+        agg, val = objective.value_with_graph(x[..., :d])
+        (gx,) = torch.autograd.grad(agg.sum(), x0)
+        return v_first.detach(), gx[..., :d], val
+    raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+
+
+def posthoc_ascent(chunk: torch.Tensor, objective: CriticObjective, steps: int, lr: float, action_dim: int):
+    """``steps`` plain gradient-ascent steps ``A ← A + lr·∇Q(A)`` on the real dims of a final chunk.
+
+    Samples whose value or gradient is non-finite are left where they are. Returns the new chunk and the number
+    of (sample, step) pairs skipped for non-finite values.
+    """
+    chunk = chunk.clone()
+    skipped = 0
+    for _ in range(steps):
+        val, g = objective.value_and_grad(chunk[..., :action_dim])
+        ok = torch.isfinite(val.aggregate) & torch.isfinite(g).flatten(1).all(1)
+        skipped += int((~ok).sum())
+        g = torch.where(ok.view(-1, 1, 1), g, torch.zeros_like(g))
+        chunk[..., :action_dim] += lr * g
+    return chunk, skipped

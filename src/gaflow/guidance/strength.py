@@ -1,0 +1,80 @@
+"""How strongly to follow ``g``: scale, per-sample clip, relative target, time schedule, trust region.
+
+``scale`` **multiplies** the gradient: applied ``Δ = scale · clip(g)`` (GAF's β is a *denominator*: β = 1/scale).
+``relative`` (ρ) replaces the scale by a target ratio: ``‖Δ‖ = ρ·‖v‖`` per sample and step (norms over the real
+action dims), which makes strength portable across critics whose gradients differ by orders of magnitude.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+EPS = 1e-12
+
+
+def per_sample_norm(x: torch.Tensor) -> torch.Tensor:
+    """L2 norm over everything but the batch dim: ``(B, ...) -> (B,)``."""
+    return torch.linalg.vector_norm(x.flatten(1), dim=1)
+
+
+@dataclass
+class Strength:
+    scale: float = 1.0
+    relative: float | None = None  # ρ; when set, scale is ignored
+    clip: float | None = None  # max per-sample ‖g‖ before scaling
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and self.clip <= 0:
+            raise ValueError(f"clip must be > 0, got {self.clip}")
+        if self.relative is not None and self.relative < 0:
+            raise ValueError(f"relative strength ρ must be >= 0, got {self.relative}")
+
+    def __call__(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``g``, ``v``: ``(B, H, d)`` real dims. Returns ``Δ`` (ascent direction, before the convention sign)."""
+        g_norm = per_sample_norm(g)
+        if self.relative is not None:
+            factor = self.relative * per_sample_norm(v) / g_norm.clamp_min(EPS)
+            return g * factor.view(-1, 1, 1)
+        if self.clip is not None:
+            g = g * (self.clip / g_norm.clamp_min(EPS)).clamp(max=1.0).view(-1, 1, 1)
+        return self.scale * g
+
+
+@dataclass
+class Schedule:
+    """Weight of guidance at step ``k`` of ``n`` (``k = 0`` is the first step, from pure noise).
+
+    ``all``: 1 everywhere. ``window``: 1 where ``start <= k/n < end``, else 0 (``start=0.5`` guides only the later,
+    less noisy half). ``ramp``: ``(k+1)/n``, rising to 1 at the last step.
+    """
+
+    kind: Literal["all", "window", "ramp"] = "all"
+    start: float = 0.0
+    end: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("all", "window", "ramp"):
+            raise ValueError(f"schedule must be 'all', 'window' or 'ramp', got {self.kind!r}")
+        if not 0.0 <= self.start < self.end <= 1.0:
+            raise ValueError(f"schedule window needs 0 <= start < end <= 1, got [{self.start}, {self.end})")
+
+    def weight(self, k: int, n: int) -> float:
+        if self.kind == "all":
+            return 1.0
+        if self.kind == "window":
+            return 1.0 if self.start <= k / n < self.end else 0.0
+        return (k + 1) / n
+
+
+def project_trust_region(x: torch.Tensor, x_ref: torch.Tensor, radius: float, action_dim: int) -> torch.Tensor:
+    """Pull each sample's real dims back within ``radius`` (L2) of ``x_ref``; returns a new tensor."""
+    d = action_dim
+    diff = x[..., :d] - x_ref[..., :d]
+    n = per_sample_norm(diff)
+    factor = (radius / n.clamp_min(EPS)).clamp(max=1.0).view(-1, 1, 1)
+    out = x.clone()
+    out[..., :d] = x_ref[..., :d] + diff * factor
+    return out

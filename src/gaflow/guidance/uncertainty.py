@@ -1,0 +1,31 @@
+"""Uncertainty gating for critic ensembles (GAF: K=3, k=20, g_min=0.1).
+
+``gate = clamp(exp(−k·std), g_min, 1)`` where ``std`` is the ensemble's per-sample standard deviation of Q; when
+``fallback_std`` is set, samples whose std exceeds it get gate 0 (the unguided velocity) and are counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Gate:
+    k: float = 0.0  # 0 disables the exponential gate
+    g_min: float = 0.1
+    fallback_std: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.k < 0 or not 0.0 <= self.g_min <= 1.0:
+            raise ValueError(f"gate needs k >= 0 and 0 <= g_min <= 1, got k={self.k}, g_min={self.g_min}")
+
+    def __call__(self, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``std`` ``(B,)`` → ``(gate (B,), fell_back (B,) bool)``."""
+        gate = torch.ones_like(std) if self.k == 0 else torch.exp(-self.k * std).clamp(self.g_min, 1.0)
+        fell_back = torch.zeros_like(std, dtype=torch.bool)
+        if self.fallback_std is not None:
+            fell_back = std > self.fallback_std
+            gate = torch.where(fell_back, torch.zeros_like(gate), gate)
+        return gate, fell_back
