@@ -9,7 +9,10 @@ A base policy is *frozen*: gaflow never changes its weights. It answers four thi
 * ``velocity(context, x_t, t)`` — cheap, called at every flow step; ``x_t`` is ``(B, H, padded_dim)``, ``t`` is
   ``(B,)``;
 * ``critic_features(context)`` — a dict of ``(B, F)`` tensors a critic may use (``"observation"``, ``"task"``,
-  ``"state"``, ... — each policy documents its keys).
+  ``"state"``, ... — each policy documents its keys);
+* ``decode_actions(chunk)`` — maps a sampled chunk ``(B, H, padded_dim)`` in the policy's (normalised, padded)
+  space to environment actions ``(B, H, action_dim)`` (unnormalise, drop padding). Guidance and critics work in the
+  policy's space; only execution uses this.
 
 ``expand_context(context, n)`` repeats a context for ``n`` candidate chunks per observation
 (``repeat_interleave`` order: candidate ``j`` of observation ``i`` is row ``i * n + j``). A context that is a
@@ -66,6 +69,9 @@ class FlowPolicy(Protocol):
 
     def critic_features(self, context: Any) -> dict[str, torch.Tensor]:
         """Frozen features a critic may use, each ``(B, F)``."""
+
+    def decode_actions(self, chunk: torch.Tensor) -> torch.Tensor:
+        """Environment actions ``(B, H, action_dim)`` from a sampled chunk ``(B, H, padded_dim)``."""
 
 
 def expand_context(context: Any, n: int, policy: Any = None) -> Any:

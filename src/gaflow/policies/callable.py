@@ -37,6 +37,9 @@ class CallablePolicy:
     def velocity(self, context: Any, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.fn(x_t, t, context)
 
+    def decode_actions(self, chunk: torch.Tensor) -> torch.Tensor:
+        return chunk[..., : self.spec.action_dim]
+
     def critic_features(self, context: Any) -> dict[str, torch.Tensor]:
         if self.features_fn is not None:
             return self.features_fn(context)
@@ -67,6 +70,9 @@ class ConventionFlip:
 
     def critic_features(self, context: Any) -> dict[str, torch.Tensor]:
         return self.policy.critic_features(context)
+
+    def decode_actions(self, chunk: torch.Tensor) -> torch.Tensor:
+        return self.policy.decode_actions(chunk)
 
     def expand_context(self, context: Any, n: int) -> Any:
         return expand_context(context, n, self.policy)

@@ -50,6 +50,9 @@ class GaussianFlowPolicy:
         mu = context["mu"][..., : self.spec.action_dim]
         return {"observation": mu.flatten(1)}
 
+    def decode_actions(self, chunk: torch.Tensor) -> torch.Tensor:
+        return chunk[..., : self.spec.action_dim]
+
     def tilted_mean(self, mu: torch.Tensor, c: torch.Tensor, beta: float) -> torch.Tensor:
         """Mean of ``π_base · exp(⟨c, A⟩/β)`` for real dims ``c`` of shape ``(H, action_dim)``."""
         d = self.spec.action_dim
