@@ -121,10 +121,10 @@ def sample_chunks(
     batch = bn // n
 
     grid = time_grid(spec.convention, num_steps)
-    diag = GuidanceDiagnostics.empty(num_steps, bn) if guidance is not None else None
-    objective = None
+    diag, objective = None, None
     if guidance is not None:
-        with _autograd_enabled():
+        with _autograd_enabled():  # buffers and features must be normal tensors, not inference tensors
+            diag = GuidanceDiagnostics.empty(num_steps, bn)
             feats = {k: _normal(v).repeat_interleave(n, dim=0) for k, v in (features or {}).items()}
             objective = guidance.objective(feats)
     guiding = guidance is not None and guidance.active
