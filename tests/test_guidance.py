@@ -312,8 +312,10 @@ def test_posthoc_ascent_raises_q_on_the_final_chunk():
     policy = gaussian_policy("lerobot")
     critic = QuadraticCritic(torch.full((4, 2), 2.0))
     mu, noise = torch.zeros(6, 4, 3), torch.randn(6, 4, 3)
-    base = sample_chunks(policy, mu, noise=noise, guidance=Guidance(critic, GuidanceConfig(estimator="none")))
-    post = sample_chunks(policy, mu, noise=noise,
+    score = SamplerConfig(score_candidates=True)
+    base = sample_chunks(policy, mu, noise=noise, config=score,
+                         guidance=Guidance(critic, GuidanceConfig(estimator="none")))
+    post = sample_chunks(policy, mu, noise=noise, config=score,
                          guidance=Guidance(critic, GuidanceConfig(estimator="none", posthoc_steps=3, posthoc_lr=0.05)))
     assert (post.values > base.values).all()
     assert torch.equal(post.chunk[..., 2:], base.chunk[..., 2:])

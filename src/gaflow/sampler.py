@@ -37,6 +37,7 @@ class SamplerConfig:
     method: Literal["euler", "midpoint"] = "euler"
     num_candidates: int = 1  # N chunks per observation
     select: Literal["first", "best"] = "first"  # best: best-of-N by the critic's aggregate value
+    score_candidates: bool = False  # also return the critic's value of every final candidate (one more forward)
 
     def __post_init__(self) -> None:
         if self.method not in ("euler", "midpoint"):
@@ -54,7 +55,7 @@ class SampleResult:
     chunk: torch.Tensor  # (B, H, Dp) the selected chunk per observation
     candidates: torch.Tensor  # (B, N, H, Dp)
     selected: torch.Tensor  # (B,) index of the chosen candidate
-    values: torch.Tensor | None  # (B, N) critic aggregate of each final candidate (when a critic is present)
+    values: torch.Tensor | None  # (B, N) critic aggregate of each final candidate (best-of-N or score_candidates)
     diagnostics: GuidanceDiagnostics | None  # over all B·N candidates, (num_steps, B·N) per field
     features: dict[str, torch.Tensor] | None = None  # critic features of the observations, (B, F)
 
@@ -187,7 +188,8 @@ def sample_chunks(
                 )
                 x = x_post.detach()
                 diag.posthoc_skipped = skipped
-            values = objective.value(_normal(x)[..., :d]).aggregate.reshape(batch, n)
+            if cfg.select == "best" or cfg.score_candidates:
+                values = objective.value(_normal(x)[..., :d]).aggregate.reshape(batch, n)
     candidates = x.reshape(batch, n, *shape_tail)
     if cfg.select == "best":
         scores = torch.nan_to_num(values, nan=float("-inf"))
