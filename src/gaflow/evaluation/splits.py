@@ -1,0 +1,60 @@
+"""Named, disjoint seed ranges: critic data, validation, test.
+
+Every episode is identified by ``(task, seed)`` and its initial state is a deterministic function of that pair
+(each env wrapper guarantees and tests it), so a split of seeds is a split of initial states. Tuning commands
+call :meth:`SeedSplit.seeds` with ``purpose="tune"``, which refuses the test split by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class SplitViolation(RuntimeError):
+    """A hyperparameter-selecting command asked for test episodes."""
+
+
+@dataclass(frozen=True)
+class SeedSplit:
+    ranges: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_RANGES))  # name: [start, stop)
+
+    def __post_init__(self) -> None:
+        items = sorted(self.ranges.items(), key=lambda kv: kv[1][0])
+        for name, (a, b) in items:
+            if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < b):
+                raise ValueError(f"seed range {name!r} must be [start, stop) with 0 <= start < stop; got {(a, b)}")
+        for (n1, (_, b1)), (n2, (a2, _)) in zip(items, items[1:], strict=False):
+            if a2 < b1:
+                raise ValueError(f"seed ranges {n1!r} and {n2!r} overlap")
+        if "test" not in self.ranges:
+            raise ValueError("a seed split needs a 'test' range")
+
+    def seeds(self, name: str, count: int | None = None, *, purpose: str = "evaluate") -> list[int]:
+        """The first ``count`` seeds of split ``name``. ``purpose="tune"`` refuses the test split."""
+        if name not in self.ranges:
+            raise KeyError(f"unknown seed split {name!r}; known: {', '.join(self.ranges)}")
+        if purpose == "tune" and name == "test":
+            raise SplitViolation("hyperparameter selection may not read test episodes (split 'test')")
+        a, b = self.ranges[name]
+        count = b - a if count is None else count
+        if count > b - a:
+            raise ValueError(f"split {name!r} has {b - a} seeds; {count} requested")
+        return list(range(a, a + count))
+
+    def which(self, seed: int) -> str | None:
+        for name, (a, b) in self.ranges.items():
+            if a <= seed < b:
+                return name
+        return None
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {k: list(v) for k, v in self.ranges.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SeedSplit:
+        return cls({k: (int(v[0]), int(v[1])) for k, v in data.items()})
+
+
+DEFAULT_RANGES = {"demos": (0, 10_000), "critic": (10_000, 20_000), "validation": (20_000, 30_000),
+                  "test": (30_000, 40_000)}
+DEFAULT_SPLITS = SeedSplit()
