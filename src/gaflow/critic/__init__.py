@@ -1,5 +1,5 @@
 """Action-chunk critics ``Q(features, chunk) -> (K, B)`` values."""
 
-from gaflow.critic.models import EnsembleMLPCritic, evaluate_critic
+from gaflow.critic.models import EnsembleMLPCritic, TransformerCritic, evaluate_critic
 
-__all__ = ["EnsembleMLPCritic", "evaluate_critic"]
+__all__ = ["EnsembleMLPCritic", "TransformerCritic", "evaluate_critic"]

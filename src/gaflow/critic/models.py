@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from gaflow.normalize import Normalizer
+
 
 def evaluate_critic(critic, features: dict[str, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:
     """Call ``critic`` and return member values ``(K, B)``; a ``(B,)`` output is one member."""
@@ -46,12 +48,19 @@ class EnsembleMLPCritic(nn.Module):
         hidden: Sequence[int] = (256, 256),
         num_members: int = 3,
         activation: str = "silu",
+        feature_stats: dict[str, dict[str, torch.Tensor]] | None = None,
+        use_chunk: bool = True,
     ) -> None:
         super().__init__()
         self.feature_keys = sorted(feature_dims)
         self.feature_dims = dict(feature_dims)
         self.chunk_len, self.action_dim, self.num_members = chunk_len, action_dim, num_members
-        in_dim = sum(feature_dims.values()) + chunk_len * action_dim
+        self.use_chunk = use_chunk  # False: a state-value network V(features) (chunked IQL)
+        self.hidden, self.activation = tuple(hidden), activation
+        # Features are standardised with the project's one normaliser (stats from the critic's training rows);
+        # chunks are already in the policy's normalised action space.
+        self.normalizer = Normalizer(feature_stats, "mean_std") if feature_stats else None
+        in_dim = sum(feature_dims.values()) + (chunk_len * action_dim if use_chunk else 0)
         sizes = [in_dim, *hidden, 1]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -61,11 +70,13 @@ class EnsembleMLPCritic(nn.Module):
             self.biases.append(nn.Parameter(torch.empty(num_members, 1, fan_out).uniform_(-bound, bound)))
         self.act = {"silu": nn.functional.silu, "relu": nn.functional.relu, "tanh": torch.tanh}[activation]
 
-    def inputs(self, features: dict[str, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:
-        if chunk.shape[1:] != (self.chunk_len, self.action_dim):
+    def inputs(self, features: dict[str, torch.Tensor], chunk: torch.Tensor | None) -> torch.Tensor:
+        if self.use_chunk and (chunk is None or chunk.shape[1:] != (self.chunk_len, self.action_dim)):
             raise ValueError(
-                f"critic expects chunks of shape (B, {self.chunk_len}, {self.action_dim}); got {tuple(chunk.shape)}"
+                f"critic expects chunks of shape (B, {self.chunk_len}, {self.action_dim}); "
+                f"got {None if chunk is None else tuple(chunk.shape)}"
             )
+        dtype = chunk.dtype if chunk is not None else torch.float32
         parts = []
         for k in self.feature_keys:
             if k not in features:
@@ -73,15 +84,88 @@ class EnsembleMLPCritic(nn.Module):
             f = features[k]
             if f.shape[-1] != self.feature_dims[k]:
                 raise ValueError(f"feature {k!r} has dim {f.shape[-1]}, critic expects {self.feature_dims[k]}")
-            parts.append(f.to(chunk.dtype))
-        parts.append(chunk.flatten(1))
+            f = f.to(dtype)
+            if self.normalizer is not None:
+                f = self.normalizer.normalize(k, f)
+            parts.append(f)
+        if self.use_chunk:
+            parts.append(chunk.flatten(1))
         return torch.cat(parts, dim=-1)
 
-    def forward(self, features: dict[str, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: dict[str, torch.Tensor], chunk: torch.Tensor | None) -> torch.Tensor:
         h = self.inputs(features, chunk).unsqueeze(0).expand(self.num_members, -1, -1)  # (K, B, in)
+        return self.forward_inputs(h)
+
+    def forward_inputs(self, h: torch.Tensor) -> torch.Tensor:
+        """``(K, B, in)`` member-specific inputs → ``(K, B)`` (training feeds each member its own batch)."""
         n = len(self.weights)
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             h = torch.baddbmm(b, h, w)
             if i < n - 1:
                 h = self.act(h)
         return h.squeeze(-1)  # (K, B)
+
+
+class TransformerCritic(nn.Module):
+    """A small transformer over ``[feature tokens…, chunk-step tokens…]`` with a learned readout token.
+
+    Each selected feature vector (observation, task, state) becomes one token; each of the ``H`` chunk steps
+    becomes one token (with a learned position embedding). ``K`` members are independent modules evaluated in a
+    loop (the MLP ensemble is the batched, fast one).
+    """
+
+    def __init__(
+        self,
+        feature_dims: dict[str, int],
+        chunk_len: int,
+        action_dim: int,
+        d_model: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        num_members: int = 3,
+        feature_stats: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.feature_keys = sorted(feature_dims)
+        self.feature_dims = dict(feature_dims)
+        self.chunk_len, self.action_dim, self.num_members = chunk_len, action_dim, num_members
+        self.d_model, self.num_layers, self.num_heads = d_model, num_layers, num_heads
+        self.normalizer = Normalizer(feature_stats, "mean_std") if feature_stats else None
+        self.members = nn.ModuleList([self._member() for _ in range(num_members)])
+
+    def _member(self) -> nn.Module:
+        m = nn.Module()
+        m.feature_proj = nn.ModuleDict({k: nn.Linear(d, self.d_model) for k, d in self.feature_dims.items()})
+        m.action_proj = nn.Linear(self.action_dim, self.d_model)
+        m.pos = nn.Parameter(torch.randn(self.chunk_len + len(self.feature_dims) + 1, self.d_model) * 0.02)
+        m.readout = nn.Parameter(torch.zeros(1, 1, self.d_model))
+        layer = nn.TransformerEncoderLayer(self.d_model, self.num_heads, 2 * self.d_model, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        m.encoder = nn.TransformerEncoder(layer, self.num_layers, enable_nested_tensor=False)
+        m.head = nn.Linear(self.d_model, 1)
+        return m
+
+    def _features(self, features: dict[str, torch.Tensor], dtype) -> dict[str, torch.Tensor]:
+        out = {}
+        for k in self.feature_keys:
+            if k not in features:
+                raise KeyError(f"critic needs feature {k!r}; the policy provided {sorted(features)}")
+            f = features[k].to(dtype)
+            out[k] = self.normalizer.normalize(k, f) if self.normalizer is not None else f
+        return out
+
+    def member_forward(self, m: nn.Module, feats: dict[str, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:
+        b = chunk.shape[0]
+        tokens = [m.readout.expand(b, -1, -1)]
+        tokens += [m.feature_proj[k](feats[k]).unsqueeze(1) for k in self.feature_keys]
+        tokens.append(m.action_proj(chunk))
+        h = torch.cat(tokens, dim=1) + m.pos
+        return m.head(m.encoder(h)[:, 0]).squeeze(-1)
+
+    def forward(self, features: dict[str, torch.Tensor], chunk: torch.Tensor) -> torch.Tensor:
+        if chunk.shape[1:] != (self.chunk_len, self.action_dim):
+            raise ValueError(
+                f"critic expects chunks of shape (B, {self.chunk_len}, {self.action_dim}); got {tuple(chunk.shape)}"
+            )
+        feats = self._features(features, chunk.dtype)
+        return torch.stack([self.member_forward(m, feats, chunk) for m in self.members])  # (K, B)

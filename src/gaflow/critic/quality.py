@@ -1,0 +1,79 @@
+"""Critic quality on held-out episodes: ROC-AUC for eventual success, reliability table, ensemble disagreement.
+
+Used by ``gaflow critic-report`` (with plots) and by tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import stats
+
+from gaflow.critic.data import ChunkTable
+from gaflow.critic.models import evaluate_critic
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """ROC-AUC via the Mann–Whitney U statistic (ties count one half); NaN if only one class is present."""
+    scores, labels = np.asarray(scores, float), np.asarray(labels, bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    u = stats.mannwhitneyu(pos, neg, alternative="two-sided").statistic
+    return float(u / (len(pos) * len(neg)))
+
+
+@torch.no_grad()
+def critic_values(critic, table: ChunkTable, rows: torch.Tensor | None = None, batch: int = 4096) -> torch.Tensor:
+    """Member values ``(K, N)`` of the table's recorded chunks."""
+    rows = torch.arange(len(table)) if rows is None else rows
+    keys = getattr(critic, "feature_keys", list(table.features))
+    out = []
+    for i in range(0, len(rows), batch):
+        r = rows[i:i + batch]
+        out.append(evaluate_critic(critic, {k: table.features[k][r].float() for k in keys}, table.chunk[r].float()))
+    return torch.cat(out, dim=1)
+
+
+def reliability_table(pred: np.ndarray, labels: np.ndarray, bins: int = 10) -> list[dict]:
+    """Per bin of predicted value (clipped to [0, 1]): count, mean prediction, observed success rate."""
+    pred = np.clip(np.asarray(pred, float), 0.0, 1.0)
+    labels = np.asarray(labels, float)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(pred, edges[1:-1]), 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        m = idx == b
+        rows.append({"bin": f"[{edges[b]:.1f}, {edges[b + 1]:.1f})", "count": int(m.sum()),
+                     "mean_pred": float(pred[m].mean()) if m.any() else float("nan"),
+                     "success_rate": float(labels[m].mean()) if m.any() else float("nan")})
+    return rows
+
+
+def expected_calibration_error(table_rows: list[dict]) -> float:
+    n = sum(r["count"] for r in table_rows)
+    if n == 0:
+        return float("nan")
+    return float(sum(r["count"] * abs(r["mean_pred"] - r["success_rate"]) for r in table_rows if r["count"]) / n)
+
+
+def critic_quality(critic, table: ChunkTable, rows: torch.Tensor, target: str = "success_to_go") -> dict:
+    """AUC (chunk level and first-chunk-of-episode level), calibration and disagreement on ``rows``."""
+    q = critic_values(critic, table, rows)  # (K, N)
+    mean = q.mean(0)
+    pred = torch.sigmoid(mean) if target == "binary" else mean
+    labels = table.success[rows].bool().numpy()
+    std = q.std(0, unbiased=False) if q.shape[0] > 1 else torch.zeros_like(mean)
+    first = torch.tensor([i for i, r in enumerate(rows.tolist()) if table.step[r] == 0], dtype=torch.long)
+    rel = reliability_table(pred.numpy(), labels)
+    return {
+        "n_chunks": len(rows),
+        "n_episodes": int(torch.unique(table.episode[rows]).numel()),
+        "success_fraction": float(labels.mean()) if len(labels) else float("nan"),
+        "auc": roc_auc(mean.numpy(), labels),
+        "auc_first_chunk": roc_auc(mean[first].numpy(), labels[first.numpy()]) if len(first) else float("nan"),
+        "reliability": rel,
+        "ece": expected_calibration_error(rel),
+        "ensemble_std_mean": float(std.mean()),
+        "ensemble_std_p90": float(std.quantile(0.9)) if len(std) else float("nan"),
+    }
