@@ -58,3 +58,22 @@ class SeedSplit:
 DEFAULT_RANGES = {"demos": (0, 10_000), "critic": (10_000, 20_000), "validation": (20_000, 30_000),
                   "test": (30_000, 40_000)}
 DEFAULT_SPLITS = SeedSplit()
+
+
+def resolve_seeds(text: str, split: SeedSplit = DEFAULT_SPLITS, purpose: str = "evaluate") -> tuple[list[int], str]:
+    """``"validation:50"`` (first 50 seeds of a named split) or explicit seeds (``"0-49,60"``) → (seeds, split name).
+
+    Explicit seeds are labelled with the split they fall in (``"mixed"`` if several, ``"unsplit"`` if none), and
+    ``purpose="tune"`` refuses any seed in the test range.
+    """
+    from gaflow.rollouts import parse_seeds
+
+    name, sep, count = text.partition(":")
+    if sep and name in split.ranges:
+        return split.seeds(name, int(count) if count else None, purpose=purpose), name
+    seeds = parse_seeds(text)
+    names = {split.which(s) for s in seeds}
+    if purpose == "tune" and "test" in names:
+        raise SplitViolation("hyperparameter selection may not read test episodes: seeds include the test range")
+    label = names.pop() if len(names) == 1 else "mixed"
+    return seeds, label or "unsplit"

@@ -1,0 +1,3 @@
+from gaflow.cli import app
+
+app()

@@ -1,0 +1,337 @@
+"""``gaflow collect``: run a base policy (unguided, or guided with a given config) on ``(task, seed)`` episodes and
+record everything a critic needs.
+
+Layout of an output folder::
+
+    <out>/collect.json              the job's config (a re-run must match it: resume, never mix jobs)
+    <out>/episodes/<task>/<seed>.safetensors   one finished episode, written atomically (tmp file + rename)
+    <out>/chunks.safetensors        the chunk table (gaflow.critic.data.ChunkTable), assembled at the end
+    <out>/episodes.jsonl            one JSON summary per episode (success, first success step, length, latency)
+    <out>/dataset/                  LeRobotDataset v3 of the executed frames (state, env state, image, action,
+                                    task, episode.seed, episode.success, next.success)
+
+Crash safety: an episode is either fully present (its file was renamed into place) or absent; killing the job at
+any moment and re-running the same command runs only the missing episodes. The chunk table and the dataset are
+rebuilt from the episode files in a fixed (task, seed) order, so a resumed job produces exactly what an
+uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from gaflow.critic.data import ChunkTable
+from gaflow.envs.base import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
+
+
+@dataclass
+class CollectConfig:
+    policy: str  # e.g. "compact:runs/policy", "lerobot:<dir>", "toy:default"
+    env: str = "metaworld"  # metaworld | libero:<suite> | toy
+    tasks: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    guidance: dict | None = None  # a GuidanceConfig dict; needs critic
+    critic: str | None = None  # critic folder (gaflow train-critic)
+    n_action_steps: int | None = None
+    num_steps: int | None = None
+    num_candidates: int = 1
+    select: str = "first"
+    noise_seed: int = 0
+    image_size: int | None = None
+    max_steps: int | None = None
+    record_images: bool = True
+
+    def key(self) -> dict:
+        """The fields that define the job (a resume must match them); ``workers`` etc. are not part of it."""
+        return dataclasses.asdict(self)
+
+
+class RecordingEnv:
+    """Wraps an env and keeps the frames of the current episode (observation before each action, the action,
+    and the success flag after it)."""
+
+    def __init__(self, env, record_images: bool = True):
+        self.env, self.record_images = env, record_images
+        self.task = getattr(env, "task", "")
+        self.frames: list[dict] = []
+        self._obs = None
+
+    def reset(self, seed):
+        self.frames = []
+        self._obs = self.env.reset(seed)
+        return self._obs
+
+    def step(self, action):
+        obs, success, done, info = self.env.step(action)
+        frame = {"state": np.asarray(self._obs[STATE_KEY], np.float32),
+                 "env_state": np.asarray(self._obs[ENV_STATE_KEY], np.float32),
+                 "action": np.asarray(action, np.float32), "success": float(success), "task": self._obs["task"]}
+        if self.record_images and IMAGE_KEY in self._obs:
+            frame["image"] = np.asarray(self._obs[IMAGE_KEY], np.uint8)
+        self.frames.append(frame)
+        self._obs = obs
+        return obs, success, done, info
+
+    def close(self):
+        if hasattr(self.env, "close"):
+            self.env.close()
+
+
+def episode_path(out: Path, task: str, seed: int) -> Path:
+    return out / "episodes" / str(task) / f"{int(seed)}.safetensors"
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _build(cfg: CollectConfig, task: str):
+    from gaflow.envs.registry import make_env
+    from gaflow.guidance.config import Guidance, GuidanceConfig
+    from gaflow.policies.registry import load_policy
+    from gaflow.sampler import SamplerConfig
+
+    policy = load_policy(cfg.policy)
+    opts = {"max_steps": cfg.max_steps}
+    if cfg.env == "metaworld":
+        opts["image_size"] = cfg.image_size or getattr(getattr(policy, "config", None), "image_size", None)
+    env = RecordingEnv(make_env(cfg.env, task, **opts), cfg.record_images)
+    guidance = None
+    if cfg.guidance is not None or cfg.select == "best":
+        if cfg.critic is None:
+            raise ValueError("guided collection (or best-of-N) needs --critic")
+        from gaflow.critic.train import load_critic
+
+        guidance = Guidance(load_critic(cfg.critic), GuidanceConfig.from_dict(cfg.guidance or {"estimator": "none"}))
+    sampler = SamplerConfig(num_steps=cfg.num_steps, num_candidates=cfg.num_candidates, select=cfg.select)
+    return policy, env, guidance, sampler
+
+
+def _collect_worker(cfg_dict: dict, out: str, jobs: list[tuple[str, int]], threads: int) -> list[dict]:
+    """Run episodes and write each one atomically; returns their summaries."""
+    from gaflow.rollouts import run_episode
+
+    torch.set_num_threads(threads)
+    cfg = CollectConfig(**cfg_dict)
+    built: dict[str, tuple] = {}
+    summaries = []
+    for task, seed in jobs:
+        if task not in built:
+            for b in built.values():
+                b[1].close()
+            built = {task: _build(cfg, task)}
+        policy, env, guidance, sampler = built[task]
+        rec = run_episode(env, policy, seed=seed, sampler_config=sampler, guidance=guidance,
+                          n_action_steps=cfg.n_action_steps, noise_generator_seed=cfg.noise_seed)
+        write_episode(Path(out), rec, env.frames, policy.spec.action_dim)
+        summaries.append(rec.summary())
+    for b in built.values():
+        b[1].close()
+    return summaries
+
+
+def write_episode(out: Path, rec, frames: list[dict], action_dim: int) -> None:
+    """One episode → one safetensors file (chunk rows + frames), atomically."""
+    t: dict[str, torch.Tensor] = {}
+    if rec.chunks:
+        t["chunk"] = torch.stack([c.chunk[:, :action_dim] for c in rec.chunks]).float()
+        for k in rec.chunks[0].features:
+            t[f"feature.{k}"] = torch.stack([c.features[k] for c in rec.chunks]).float()
+        t["step"] = torch.tensor([c.executed[0] for c in rec.chunks], dtype=torch.long)
+        t["executed"] = torch.tensor([c.executed[1] - c.executed[0] for c in rec.chunks], dtype=torch.long)
+        t["latency_s"] = torch.tensor([c.latency_s for c in rec.chunks], dtype=torch.float64)
+    if frames:
+        t["frame.state"] = torch.from_numpy(np.stack([f["state"] for f in frames]))
+        t["frame.env_state"] = torch.from_numpy(np.stack([f["env_state"] for f in frames]))
+        t["frame.action"] = torch.from_numpy(np.stack([f["action"] for f in frames]))
+        t["frame.success"] = torch.tensor([f["success"] for f in frames], dtype=torch.float32)
+        if "image" in frames[0]:
+            t["frame.image"] = torch.from_numpy(np.stack([f["image"] for f in frames]))
+    meta = rec.summary()
+    meta["guidance"] = [c.guidance for c in rec.chunks] if rec.chunks and rec.chunks[0].guidance else None
+    meta["task_description"] = frames[0]["task"] if frames else ""
+    _atomic_save(t, {"episode": json.dumps(meta)}, episode_path(out, rec.task, rec.seed))
+
+
+def read_episode(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {})["episode"])
+            return meta, {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise ValueError(f"episode file {path} is unreadable ({e}); delete it and re-run to collect it again") from e
+
+
+def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True,
+            write_dataset: bool = True) -> dict:
+    """Run (or resume) a collection job. Returns a summary dict."""
+    out = Path(out)
+    if not cfg.tasks or not cfg.seeds:
+        raise ValueError("collect needs at least one task and one seed")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_file = out / "collect.json"
+    if cfg_file.exists():
+        previous = json.loads(cfg_file.read_text())
+        if previous != json.loads(json.dumps(cfg.key())):
+            diff = sorted(k for k in set(previous) | set(cfg.key()) if previous.get(k) != cfg.key().get(k))
+            raise ValueError(f"{out} holds a collection with a different config (fields {diff}); use another "
+                             "--out, or delete the folder to start over")
+    else:
+        _atomic_text(cfg_file, json.dumps(cfg.key(), indent=2))
+    for stale in out.glob("episodes/*/.*.tmp"):  # left by a killed worker; never renamed into place
+        stale.unlink()
+    todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not episode_path(out, t, s).exists()]
+    total = len(cfg.tasks) * len(cfg.seeds)
+    t0 = time.perf_counter()
+    columns = (TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress) as bar:
+        handle = bar.add_task("collect", total=total, completed=total - len(todo), rate="")
+        done_eps, succ = 0, 0
+
+        def advance(summaries):
+            nonlocal done_eps, succ
+            done_eps += len(summaries)
+            succ += sum(s["success"] for s in summaries)
+            bar.update(handle, advance=len(summaries), rate=f"success {succ}/{done_eps}")
+
+        if workers <= 1 or len(todo) <= 1:
+            for job in todo:
+                advance(_collect_worker(cfg.key(), str(out), [job], threads=2))
+        else:
+            import multiprocessing as mp
+
+            # forkserver: a process that has rendered must not fork its GL context (see docs/envs.md)
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) as pool:
+                # small batches grouped by task keep policy/env construction rare and the bar moving
+                batches = [todo[i:i + 4] for i in range(0, len(todo), 4)]
+                futures = [pool.submit(_collect_worker, cfg.key(), str(out), b, 1) for b in batches]
+                for fut in as_completed(futures):
+                    advance(fut.result())
+    elapsed = time.perf_counter() - t0
+    table = assemble(out, cfg, write_dataset=write_dataset, progress=progress)
+    summary = {"episodes": total, "collected_now": len(todo), "seconds": elapsed, "chunks": len(table),
+               "success_rate": float(np.mean([e["success"] for e in table.episodes])) if table.episodes else 0.0}
+    return summary
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def assemble(out: Path, cfg: CollectConfig, write_dataset: bool = True, progress: bool = True) -> ChunkTable:
+    """Build chunks.safetensors, episodes.jsonl and the LeRobotDataset from the episode files, in (task, seed)
+    order."""
+    parts, episodes, frames = [], [], []
+    for task in cfg.tasks:
+        for seed in cfg.seeds:
+            meta, t = read_episode(episode_path(out, task, seed))
+            episodes.append(meta)
+            frames.append((meta, t))
+            n = t["chunk"].shape[0] if "chunk" in t else 0
+            first = meta["first_success_step"]
+            step = t.get("step", torch.zeros(0, dtype=torch.long))
+            executed = t.get("executed", torch.zeros(0, dtype=torch.long))
+            ep_index = len(episodes) - 1
+            sts = (first - step) if first is not None else torch.full((n,), -1, dtype=torch.long)
+            reward = ((first is not None) & (step < (first or 0)) & (step + executed >= (first or 0))) \
+                if n else torch.zeros(0, dtype=torch.bool)
+            parts.append(ChunkTable(
+                chunk=t.get("chunk", torch.zeros(0, 1, 1)),
+                features={k[len("feature."):]: v for k, v in t.items() if k.startswith("feature.")},
+                episode=torch.full((n,), ep_index, dtype=torch.long), step=step, executed=executed,
+                next_row=torch.where(torch.arange(n) < n - 1, torch.arange(n) + 1, -1),
+                success=torch.full((n,), int(meta["success"]), dtype=torch.long),
+                steps_to_success=torch.as_tensor(sts, dtype=torch.long), reward=torch.as_tensor(reward).long(),
+                episodes=[]))
+    # concat offsets next_row; episode ids were assigned globally above, so undo concat's per-table offset
+    table = ChunkTable.concat(parts)
+    table.episode = torch.cat([p.episode for p in parts])
+    table.episodes = [{"task": e["task"], "seed": e["seed"], "success": e["success"],
+                       "first_success_step": e["first_success_step"], "length": e["length"],
+                       "description": e.get("task_description", "")} for e in episodes]
+    table.meta = {"policy": cfg.policy, "env": cfg.env, "guidance": cfg.guidance, "noise_seed": cfg.noise_seed}
+    table.save(out / "chunks.safetensors")
+    _atomic_text(out / "episodes.jsonl", "".join(json.dumps(e) + "\n" for e in episodes))
+    if write_dataset:
+        write_lerobot_dataset(out / "dataset", frames, progress=progress)
+    return table
+
+
+def write_lerobot_dataset(root: Path, episodes: list[tuple[dict, dict[str, torch.Tensor]]], progress: bool = True):
+    """Executed frames as a LeRobotDataset v3 (written to a temporary sibling, then renamed into place)."""
+    import datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    datasets.disable_progress_bars()  # one rich bar for the job, not one HF bar per episode
+    first = next((t for _, t in episodes if "frame.state" in t), None)
+    if first is None:
+        return
+    feats = {
+        "observation.state": {"dtype": "float32", "shape": tuple(first["frame.state"].shape[1:]), "names": None},
+        "observation.environment_state": {"dtype": "float32", "shape": tuple(first["frame.env_state"].shape[1:]),
+                                          "names": None},
+        "action": {"dtype": "float32", "shape": tuple(first["frame.action"].shape[1:]), "names": None},
+        "episode.seed": {"dtype": "int64", "shape": (1,), "names": None},
+        "episode.success": {"dtype": "float32", "shape": (1,), "names": None},
+        "next.success": {"dtype": "float32", "shape": (1,), "names": None},
+    }
+    if "frame.image" in first:
+        feats["observation.image"] = {"dtype": "image", "shape": tuple(first["frame.image"].shape[1:]),
+                                      "names": ["height", "width", "channel"]}
+    tmp = root.parent / f".{root.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    ds = LeRobotDataset.create(repo_id=f"gaflow/{root.parent.name}", fps=80, features=feats, root=tmp,
+                               use_videos=False)
+    for meta, t in episodes:
+        if "frame.state" not in t:
+            continue
+        for i in range(t["frame.state"].shape[0]):
+            frame = {"observation.state": t["frame.state"][i].numpy(),
+                     "observation.environment_state": t["frame.env_state"][i].numpy(),
+                     "action": t["frame.action"][i].numpy(),
+                     "episode.seed": np.array([meta["seed"]], np.int64),
+                     "episode.success": np.array([float(meta["success"])], np.float32),
+                     "next.success": np.array([float(t["frame.success"][i])], np.float32),
+                     "task": meta.get("task_description") or meta["task"]}
+            if "observation.image" in feats:
+                frame["observation.image"] = t["frame.image"][i].numpy()
+            ds.add_frame(frame)
+        ds.save_episode()
+    ds.finalize()
+    if root.exists():
+        shutil.rmtree(root)
+    os.replace(tmp, root)
