@@ -24,25 +24,17 @@ import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gaflow.critic.data import ChunkTable
 from gaflow.envs.base import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
+from gaflow.jobs import chunked, run_batches
 
 
 @dataclass
@@ -115,16 +107,12 @@ def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pat
 
 
 def _build(cfg: CollectConfig, task: str):
-    from gaflow.envs.registry import make_env
     from gaflow.guidance.config import Guidance, GuidanceConfig
-    from gaflow.policies.registry import load_policy
+    from gaflow.jobs import build_policy_env
     from gaflow.sampler import SamplerConfig
 
-    policy = load_policy(cfg.policy)
-    opts = {"max_steps": cfg.max_steps}
-    if cfg.env == "metaworld":
-        opts["image_size"] = cfg.image_size or getattr(getattr(policy, "config", None), "image_size", None)
-    env = RecordingEnv(make_env(cfg.env, task, **opts), cfg.record_images)
+    policy, env = build_policy_env(cfg.policy, cfg.env, task, image_size=cfg.image_size, max_steps=cfg.max_steps)
+    env = RecordingEnv(env, cfg.record_images)
     guidance = None
     if cfg.guidance is not None or cfg.select == "best":
         if cfg.critic is None:
@@ -212,31 +200,17 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not episode_path(out, t, s).exists()]
     total = len(cfg.tasks) * len(cfg.seeds)
     t0 = time.perf_counter()
-    columns = (TextColumn("collect"), BarColumn(), MofNCompleteColumn(), TextColumn("episodes"),
-               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, disable=not progress) as bar:
-        handle = bar.add_task("collect", total=total, completed=total - len(todo), rate="")
-        done_eps, succ = 0, 0
+    counts = {"done": 0, "success": 0}
 
-        def advance(summaries):
-            nonlocal done_eps, succ
-            done_eps += len(summaries)
-            succ += sum(s["success"] for s in summaries)
-            bar.update(handle, advance=len(summaries), rate=f"success {succ}/{done_eps}")
+    def status(summaries: list[dict]) -> str:
+        counts["done"] += len(summaries)
+        counts["success"] += sum(x["success"] for x in summaries)
+        return f"success {counts['success']}/{counts['done']}"
 
-        if workers <= 1 or len(todo) <= 1:
-            for job in todo:
-                advance(_collect_worker(cfg.key(), str(out), [job], threads=2))
-        else:
-            import multiprocessing as mp
-
-            # forkserver: a process that has rendered must not fork its GL context (see docs/envs.md)
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) as pool:
-                # small batches grouped by task keep policy/env construction rare and the bar moving
-                batches = [todo[i:i + 4] for i in range(0, len(todo), 4)]
-                futures = [pool.submit(_collect_worker, cfg.key(), str(out), b, 1) for b in batches]
-                for fut in as_completed(futures):
-                    advance(fut.result())
+    # small batches keep policy/env construction rare and the bar moving; one thread per worker process
+    batches = [(cfg.key(), str(out), b, 1 if workers > 1 else 2) for b in chunked(todo, 4)]
+    run_batches(_collect_worker, batches, workers=workers, label="collect", total=total,
+                completed=total - len(todo), progress=progress, on_result=status)
     elapsed = time.perf_counter() - t0
     table = assemble(out, cfg, write_dataset=write_dataset, progress=progress)
     summary = {"episodes": total, "collected_now": len(todo), "seconds": elapsed, "chunks": len(table),

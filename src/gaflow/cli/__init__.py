@@ -21,7 +21,15 @@ def main() -> None:
 
 def _register() -> None:
     # Importing a command module registers its commands on `app`.
-    from gaflow.cli import demo  # noqa: F401
+    from gaflow.cli import (  # noqa: F401
+        collect,
+        critic,
+        demo,
+        demos,  # noqa: F401
+        evaluate,
+        libero,  # noqa: F401
+        train_policy,  # noqa: F401
+    )
 
 
 _register()

@@ -39,7 +39,7 @@ class GuidanceDiagnostics:
         return GuidanceDiagnostics(**kept, nonfinite=self.nonfinite, fallback=self.fallback,
                                    posthoc_skipped=self.posthoc_skipped, extra=dict(self.extra))
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict:
         """Means over steps and samples (NaN-aware), plus the ratio's median and the counters."""
         out: dict[str, float] = {}
         for f in FIELDS:
@@ -47,6 +47,11 @@ class GuidanceDiagnostics:
             out[f"{f}_mean"] = float(torch.nanmean(v)) if torch.isfinite(v).any() else float("nan")
         r = self.ratio[torch.isfinite(self.ratio)]
         out["ratio_median"] = float(r.median()) if r.numel() else float("nan")
+        for f in ("ratio", "gate"):  # per flow step, averaged over samples (NaN where guidance did not run)
+            v = getattr(self, f)
+            ok = torch.isfinite(v)
+            per_step = torch.where(ok, v, torch.zeros_like(v)).sum(1) / ok.sum(1).clamp_min(1)
+            out[f"{f}_by_step"] = [float(x) if n else float("nan") for x, n in zip(per_step, ok.sum(1), strict=True)]
         out["nonfinite"] = self.nonfinite
         out["fallback"] = self.fallback
         out["posthoc_skipped"] = self.posthoc_skipped

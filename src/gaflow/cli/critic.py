@@ -1,0 +1,83 @@
+"""``gaflow train-critic`` and ``gaflow critic-report``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gaflow.cli import app
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+
+
+@app.command("train-critic")
+def train_critic_cmd(
+    data: str = typer.Option(..., help="collect folder(s), comma-separated (their chunk tables are concatenated)"),
+    out: Path = typer.Option(..., help="critic folder (critic.safetensors + critic.json)"),
+    target: str = typer.Option("success_to_go", help="success_to_go (MSE) | binary (BCE) | iql"),
+    arch: str = typer.Option("mlp", help="mlp | transformer"),
+    features: str = typer.Option("observation,task,state", help="policy features the critic sees"),
+    hidden: str = typer.Option("256,256", help="hidden sizes (mlp) / width (transformer: first entry / 4)"),
+    members: int = typer.Option(3, help="ensemble size K"),
+    epochs: int = typer.Option(40),
+    batch_size: int = typer.Option(256),
+    lr: float = typer.Option(3e-4),
+    gamma: float = typer.Option(0.99, help="discount per env step for success-to-go / IQL"),
+    val_fraction: float = typer.Option(0.2, help="fraction of episodes held out for early stopping"),
+    patience: int = typer.Option(6),
+    held_out_tasks: str = typer.Option("", help="tasks excluded entirely (for evaluation on unseen tasks)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train an ensemble critic on collected rollouts (episode-level split, early stopping, best checkpoint)."""
+    from gaflow.critic.data import ChunkTable
+    from gaflow.critic.train import CriticTrainConfig, train_critic
+
+    tables = [ChunkTable.load(Path(d) / "chunks.safetensors") for d in _split(data)]
+    table = ChunkTable.concat(tables) if len(tables) > 1 else tables[0]
+    cfg = CriticTrainConfig(target=target, arch=arch, features=_split(features),
+                            hidden=tuple(int(h) for h in _split(hidden)), members=members, epochs=epochs,
+                            batch_size=batch_size, lr=lr, gamma=gamma, val_fraction=val_fraction, patience=patience,
+                            held_out_tasks=_split(held_out_tasks), seed=seed)
+    _, metrics, split = train_critic(table, cfg, out_dir=out)
+    Console().print(f"[bold]train-critic[/bold]: best validation loss {metrics['best_val_loss']:.4f} at epoch "
+                    f"{metrics['best_epoch']} ({metrics['train_chunks']} train / {metrics['validation_chunks']} "
+                    f"validation chunks, {len(split.held_out)} held-out-task episodes) → {out}")
+
+
+@app.command("critic-report")
+def critic_report_cmd(
+    critic: Path = typer.Option(..., help="critic folder"),
+    data: Path = typer.Option(..., help="collect folder to evaluate on"),
+    out: Path = typer.Option(None, help="report folder (default: <critic>/report)"),
+    policy: str = typer.Option(None, help="base policy, to measure guidance strength on real sampler states"),
+    guidance: Path = typer.Option(None, help="guidance config JSON (default: clean_estimate, scale 1)"),
+    new_data: bool = typer.Option(False, help="DATA was not used to train the critic: report on all of it"),
+    max_states: int = typer.Option(128, help="observations re-sampled for the strength check"),
+) -> None:
+    """AUC, calibration and disagreement on held-out episodes; guidance/velocity ratio on real states."""
+    from gaflow.critic.report import critic_report
+    from gaflow.guidance import GuidanceConfig
+
+    gcfg = GuidanceConfig.from_dict(json.loads(guidance.read_text())) if guidance else GuidanceConfig()
+    out = out or critic / "report"
+    rep = critic_report(critic, data, out, policy_spec=policy, guidance_cfg=gcfg if policy else None,
+                        max_states=max_states, same_data=not new_data)
+    console = Console()
+    t = Table(title=f"critic report — {rep['rows']}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k in ("n_episodes", "n_chunks", "success_fraction", "auc", "auc_first_chunk", "ece", "ensemble_std_mean"):
+        v = rep[k]
+        t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+    for k, v in rep.get("ratio_quantiles", {}).items():
+        t.add_row(f"‖Δv‖/‖v‖ {k}", f"{v:.3g}")
+    console.print(t)
+    if rep["strength_warning"]:
+        console.print(f"[bold red]warning[/bold red]: {rep['strength_warning']}")
+    console.print(f"report: {out / 'critic_report.json'}, plots: {', '.join(rep['plots'])}")

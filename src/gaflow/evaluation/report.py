@@ -1,0 +1,161 @@
+"""Run-folder reports: metrics JSON, a markdown report, PNG plots, and rich tables for the terminal."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+
+def _pct(x: float) -> str:
+    return "—" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
+
+
+def _row(stats: dict) -> list[str]:
+    lo, hi = stats["ci95"]
+    cells = [str(stats["n"]), f"{_pct(stats['rate'])} [{_pct(lo)}, {_pct(hi)}]"]
+    if "lift" in stats:
+        llo, lhi = stats["lift_ci95"]
+        cells += [f"{100 * stats['lift']:+.1f} [{100 * llo:+.1f}, {100 * lhi:+.1f}]",
+                  f"{stats['fail_to_success']}↑ {stats['success_to_fail']}↓", f"{stats['mcnemar_p']:.3g}"]
+    else:
+        cells += ["(baseline)", "", ""]
+    g = stats.get("guidance")
+    cells += [f"{stats['mean_length']:.0f}", f"{stats['chunk_latency_ms']:.1f}",
+              f"{g['ratio_median']:.3g}" if g else "", f"{g['gate_mean']:.2f}" if g else ""]
+    return cells
+
+
+HEADER = ["n", "success% [CI]", "lift [CI]", "flips", "p", "len", "ms", "Δv/v", "gate"]
+LEGEND = ("success% with 95% Wilson CI; lift in points vs unguided with paired-bootstrap 95% CI; flips = fail→success ↑ "
+          "and success→fail ↓; p = exact McNemar; len = mean episode length; ms = per-chunk sampling latency; "
+          "Δv/v = median ‖applied guidance‖/‖velocity‖; gate = mean uncertainty gate")
+
+
+def rich_tables(metrics: dict, title: str) -> list[Table]:
+    tables = []
+    for scope, block in [("pooled", metrics["pooled"])] + [(t, b) for t, b in metrics["per_task"].items()]:
+        table = Table(title=f"{title} — {scope}")
+        table.add_column("arm")
+        for h in HEADER:
+            table.add_column(h, justify="right")
+        for arm, stats in block.items():
+            table.add_row(arm, *_row(stats))
+        tables.append(table)
+    return tables
+
+
+def markdown_table(block: dict) -> str:
+    lines = ["| arm | " + " | ".join(HEADER) + " |", "|---" * (len(HEADER) + 1) + "|"]
+    for arm, stats in block.items():
+        lines.append(f"| {arm} | " + " | ".join(_row(stats)) + " |")
+    return "\n".join(lines)
+
+
+def plot_eval(out: Path, metrics: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    arms, tasks = metrics["arms"], list(metrics["per_task"])
+    groups = tasks + ["pooled"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) * max(1, len(arms)) / 3), 3.8))
+    width = 0.8 / len(arms)
+    for i, arm in enumerate(arms):
+        rates, lo, hi = [], [], []
+        for g in groups:
+            s = metrics["pooled"][arm] if g == "pooled" else metrics["per_task"][g][arm]
+            rates.append(s["rate"])
+            lo.append(s["rate"] - s["ci95"][0])
+            hi.append(s["ci95"][1] - s["rate"])
+        x = np.arange(len(groups)) + (i - (len(arms) - 1) / 2) * width
+        ax.bar(x, rates, width, yerr=[lo, hi], capsize=2, label=arm)
+    ax.set_xticks(np.arange(len(groups)), groups, rotation=20)
+    ax.set(ylabel="success rate (95% Wilson CI)", ylim=(0, 1), title="paired evaluation: same episodes per arm")
+    ax.legend(fontsize=7, ncol=min(len(arms), 4))
+    fig.tight_layout()
+    fig.savefig(out / "success_by_task.png", dpi=110)
+    plt.close(fig)
+    files.append("success_by_task.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    lat = [metrics["pooled"][a]["chunk_latency_ms"] for a in arms]
+    axes[0].bar(arms, lat)
+    axes[0].set(ylabel="ms per chunk", title="sampling latency per arm")
+    axes[0].tick_params(axis="x", rotation=20)
+    for a in arms:
+        g = metrics["pooled"][a].get("guidance")
+        if g and g.get("ratio_by_step"):
+            axes[1].plot(g["ratio_by_step"], marker="o", label=f"{a} ‖Δv‖/‖v‖")
+            axes[1].plot(g["gate_by_step"], ls="--", label=f"{a} gate")
+    axes[1].set(xlabel="flow step (0 = noise)", title="guidance over flow steps", yscale="symlog")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency_and_diagnostics.png", dpi=110)
+    plt.close(fig)
+    files.append("latency_and_diagnostics.png")
+    return files
+
+
+def plot_sweep(out: Path, rows: list[dict], strength_key: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    xs = [r["strength"] for r in rows]
+    rates = [r["rate"] for r in rows]
+    err = [[r["rate"] - r["ci95"][0] for r in rows], [r["ci95"][1] - r["rate"] for r in rows]]
+    ax.errorbar(xs, rates, yerr=err, marker="o", capsize=3, label="guided")
+    ax.axhline(rows[0]["baseline_rate"], color="k", ls=":", label="unguided")
+    ax.set(xlabel=strength_key, ylabel="validation success (95% CI)", title="success vs strength (validation)")
+    if min(xs) > 0:
+        ax.set_xscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep_success_vs_strength.png", dpi=110)
+    plt.close(fig)
+    return "sweep_success_vs_strength.png"
+
+
+def write_eval_report(out: Path, metrics: dict, meta: dict) -> Path:
+    """metrics.json, report.md and plots in ``out``; returns the report path."""
+    plots = plot_eval(out, metrics)
+    (out / "metrics.json").write_text(json.dumps({**meta, **metrics}, indent=2))
+    lines = [f"# gaflow evaluation — split `{meta['split']}`", "",
+             f"Every number below comes from the **{meta['split']}** seed split ({meta['n_seeds']} seeds per task: "
+             f"{meta['seed_range']}), {len(metrics['per_task'])} task(s); each arm ran the same episodes "
+             "(identical initial states, identical initial flow noise for single-candidate arms).", ""]
+    if meta.get("locked"):
+        lk = meta["locked"]
+        lines += [f"Guided config hash `{lk['hash']}`, locked at {lk['locked_at']} by `{lk['rule']}` on split "
+                  f"`{lk['split']}`.", ""]
+        if lk.get("relocked_after_test"):
+            lines += ["**Warning: configs from this sweep were evaluated on test more than once with different "
+                      f"hashes ({', '.join(lk['test_history_hashes'])}) — results may reflect re-tuning on test.**", ""]
+    elif meta.get("guided_unlocked"):
+        lines += ["**The guided config was not locked by a validation sweep.**", ""]
+    if metrics["unpaired_episodes"]:
+        lines += [f"**Warning: {len(metrics['unpaired_episodes'])} episodes started from different states across "
+                  "arms.**", ""]
+    lines += ["## Pooled", "", markdown_table(metrics["pooled"]), ""]
+    for t, block in metrics["per_task"].items():
+        lines += [f"## {t}", "", markdown_table(block), ""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    lines += [LEGEND + ".", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def print_eval(metrics: dict, title: str, console: Console | None = None) -> None:
+    console = console or Console()
+    for t in rich_tables(metrics, title):
+        console.print(t)
+    console.print(f"[dim]{LEGEND}[/dim]")

@@ -1,0 +1,224 @@
+"""Paired evaluation: every arm runs the same ``(task, seed)`` episodes — identical initial state (the env's
+deterministic seed map) and identical initial flow noise per chunk (the rollout's per-episode noise stream) where
+the arm draws the same amount of noise (single-candidate arms).
+
+Per episode, one worker runs all arms back to back and writes one JSON file atomically
+(``<run>/episodes/<task>/<seed>.json``); re-running the same command resumes. Each arm's record keeps the
+environment state it started from, so pairing can be checked after the fact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gaflow.evaluation.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
+from gaflow.jobs import chunked, run_batches
+
+
+@dataclass
+class Arm:
+    name: str
+    guidance: dict | None = None  # GuidanceConfig as a dict; None = the unguided base policy
+    num_candidates: int = 1
+    select: str = "first"  # first | best (best-of-N by the critic)
+
+
+def standard_arms(guided: dict | None, names: list[str]) -> list[Arm]:
+    """Arms by name: unguided, guided, zero, random, best-of-N, guided+best-of-N."""
+    arms = []
+    for name in names:
+        if name == "unguided":
+            arms.append(Arm("unguided"))
+            continue
+        if guided is None:
+            raise ValueError(f"arm {name!r} needs a guidance config (--locked or --guidance)")
+        if name == "guided":
+            arms.append(Arm("guided", dict(guided)))
+        elif name in ("zero", "random"):
+            arms.append(Arm(name, {**guided, "control": name, "control_seed": 12345}))
+        elif name.startswith("best-of-"):
+            arms.append(Arm(name, {"estimator": "none"}, int(name.rsplit("-", 1)[1]), "best"))
+        elif name.startswith("guided+best-of-"):
+            arms.append(Arm(name, dict(guided), int(name.rsplit("-", 1)[1]), "best"))
+        else:
+            raise ValueError(f"unknown arm {name!r}: unguided, guided, zero, random, best-of-N, guided+best-of-N")
+    if not arms or arms[0].name != "unguided":
+        raise ValueError("the first arm must be 'unguided' (the paired baseline)")
+    return arms
+
+
+@dataclass
+class EvalConfig:
+    policy: str
+    env: str
+    tasks: list[str]
+    seeds: list[int]
+    split: str  # the named seed split these seeds come from (recorded with every result)
+    arms: list[Arm] = field(default_factory=lambda: [Arm("unguided")])
+    critic: str | None = None
+    n_action_steps: int | None = None
+    num_steps: int | None = None
+    noise_seed: int = 0
+    image_size: int | None = None
+    max_steps: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EvalConfig:
+        d = dict(d)
+        d["arms"] = [Arm(**a) for a in d["arms"]]
+        return cls(**d)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def result_path(out: Path, task: str, seed: int) -> Path:
+    return out / "episodes" / str(task) / f"{int(seed)}.json"
+
+
+def _eval_worker(cfg_dict: dict, out: str, jobs: list[tuple[str, int]], threads: int) -> list[dict]:
+    from gaflow.collect import RecordingEnv
+    from gaflow.guidance.config import Guidance, GuidanceConfig
+    from gaflow.jobs import build_policy_env
+    from gaflow.rollouts import run_episode
+    from gaflow.sampler import SamplerConfig
+
+    torch.set_num_threads(threads)
+    cfg = EvalConfig.from_dict(cfg_dict)
+    critic = None
+    if any(a.guidance is not None for a in cfg.arms):
+        from gaflow.critic.train import load_critic
+
+        if cfg.critic is None:
+            raise ValueError("guided arms need a critic (--critic)")
+        critic = load_critic(cfg.critic)
+    current, built, results = None, None, []
+    for task, seed in jobs:
+        if task != current:
+            if built is not None:
+                built[1].close()
+            policy, env = build_policy_env(cfg.policy, cfg.env, task, image_size=cfg.image_size,
+                                           max_steps=cfg.max_steps)
+            built, current = (policy, RecordingEnv(env, record_images=False)), task
+        policy, env = built
+        record = {"task": task, "seed": seed, "split": cfg.split, "arms": {}}
+        for arm in cfg.arms:
+            guidance = Guidance(critic, GuidanceConfig.from_dict(arm.guidance)) if arm.guidance is not None else None
+            sampler = SamplerConfig(num_steps=cfg.num_steps, num_candidates=arm.num_candidates, select=arm.select)
+            t0 = time.perf_counter()
+            rec = run_episode(env, policy, seed=seed, sampler_config=sampler, guidance=guidance,
+                              n_action_steps=cfg.n_action_steps, noise_generator_seed=cfg.noise_seed)
+            init = env.frames[0]["env_state"] if env.frames else np.zeros(0, np.float32)
+            diag = [c.guidance for c in rec.chunks if c.guidance is not None]
+            record["arms"][arm.name] = {
+                "success": rec.success, "length": rec.length, "first_success_step": rec.first_success_step,
+                "chunk_latency_ms": 1e3 * rec.mean_latency_s, "wall_s": time.perf_counter() - t0,
+                "init_state": [float(x) for x in init],
+                "init_state_sha": hashlib.sha256(np.asarray(init, np.float32).tobytes()).hexdigest()[:16],
+                "guidance": _mean_diag(diag) if diag else None,
+            }
+        _atomic_json(result_path(Path(out), task, seed), record)
+        results.append(record)
+    if built is not None:
+        built[1].close()
+    return results
+
+
+def _finite_mean(values) -> float:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def _mean_diag(diags: list[dict]) -> dict:
+    out = {}
+    for key in ("ratio_mean", "ratio_median", "gate_mean", "raw_grad_norm_mean", "q_std_mean", "cosine_mean"):
+        out[key] = _finite_mean([d.get(key) for d in diags])
+    for key in ("ratio_by_step", "gate_by_step"):
+        arr = np.array([d[key] for d in diags if key in d], dtype=float)
+        out[key] = [_finite_mean(col) for col in arr.T] if arr.size and np.isfinite(arr).any() else []
+    out["nonfinite"] = int(sum(d.get("nonfinite", 0) for d in diags))
+    out["fallback"] = int(sum(d.get("fallback", 0) for d in diags))
+    return out
+
+
+def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True) -> list[dict]:
+    """Run (or resume) a paired evaluation; returns per-episode records in (task, seed) order."""
+    out = Path(out)
+    if not cfg.tasks or not cfg.seeds:
+        raise ValueError("eval needs at least one task and one seed")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg_file = out / "eval_config.json"
+    if cfg_file.exists():
+        if json.loads(cfg_file.read_text()) != json.loads(json.dumps(cfg.to_dict())):
+            raise ValueError(f"{out} holds an evaluation with a different config; use another --out")
+    else:
+        _atomic_json(cfg_file, cfg.to_dict())
+    todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not result_path(out, t, s).exists()]
+    total = len(cfg.tasks) * len(cfg.seeds)
+    wins = {a.name: 0 for a in cfg.arms}
+
+    def status(records: list[dict]) -> str:
+        for r in records:
+            for name, a in r["arms"].items():
+                wins[name] += int(a["success"])
+        return " ".join(f"{k} {v}" for k, v in wins.items())
+
+    batches = [(cfg.to_dict(), str(out), b, 1 if workers > 1 else 2) for b in chunked(todo, 2)]
+    run_batches(_eval_worker, batches, workers=workers, label=f"eval [{cfg.split}]", total=total,
+                completed=total - len(todo), progress=progress, on_result=status)
+    return [json.loads(result_path(out, t, s).read_text()) for t in cfg.tasks for s in cfg.seeds]
+
+
+def _arm_stats(records: list[dict], arm: str, baseline: str) -> dict:
+    succ = np.array([r["arms"][arm]["success"] for r in records], bool)
+    base = np.array([r["arms"][baseline]["success"] for r in records], bool)
+    n, k = len(succ), int(succ.sum())
+    lo, hi = wilson_interval(k, n)
+    out = {"n": n, "successes": k, "rate": k / n if n else float("nan"), "ci95": [lo, hi],
+           "mean_length": float(np.mean([r["arms"][arm]["length"] for r in records])),
+           "chunk_latency_ms": float(np.nanmean([r["arms"][arm]["chunk_latency_ms"] for r in records]))}
+    if arm != baseline:
+        m = mcnemar_exact(base, succ)
+        out.update({"lift": out["rate"] - base.mean(), "lift_ci95": list(paired_bootstrap_ci(base, succ)),
+                    "fail_to_success": m.fail_to_success, "success_to_fail": m.success_to_fail,
+                    "mcnemar_p": m.p_value})
+    g = [r["arms"][arm]["guidance"] for r in records if r["arms"][arm].get("guidance")]
+    if g:
+        out["guidance"] = {k: _finite_mean([x[k] for x in g]) for k in ("ratio_mean", "ratio_median", "gate_mean")}
+        steps = [x["ratio_by_step"] for x in g if x.get("ratio_by_step")]
+        gates = [x["gate_by_step"] for x in g if x.get("gate_by_step")]
+        out["guidance"]["ratio_by_step"] = [_finite_mean(c) for c in np.array(steps, float).T] if steps else []
+        out["guidance"]["gate_by_step"] = [_finite_mean(c) for c in np.array(gates, float).T] if gates else []
+        out["guidance"]["nonfinite"] = int(sum(x["nonfinite"] for x in g))
+        out["guidance"]["fallback"] = int(sum(x["fallback"] for x in g))
+    return out
+
+
+def summarize(records: list[dict], arms: list[str], baseline: str = "unguided") -> dict:
+    """Per task and pooled: rates with Wilson CIs; paired lift, flips and exact McNemar vs the baseline."""
+    tasks = sorted({r["task"] for r in records}, key=lambda t: [r["task"] for r in records].index(t))
+    per_task = {t: {a: _arm_stats([r for r in records if r["task"] == t], a, baseline) for a in arms} for t in tasks}
+    pooled = {a: _arm_stats(records, a, baseline) for a in arms}
+    mismatched = [(r["task"], r["seed"]) for r in records
+                  if len({r["arms"][a]["init_state_sha"] for a in arms}) != 1]
+    return {"per_task": per_task, "pooled": pooled, "baseline": baseline, "arms": arms,
+            "unpaired_episodes": mismatched}
