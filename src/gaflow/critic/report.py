@@ -116,7 +116,8 @@ def plot_report(out: Path, quality: dict, values: np.ndarray, labels: np.ndarray
         r = strength["ratio"]
         r = r[r > 0]
         if r.size:
-            axes[2].hist(np.log10(r), bins=40)
+            lr = np.log10(r)
+            axes[2].hist(lr, bins=40, range=(lr.min() - 0.25, lr.max() + 0.25))  # constant under a relative target
         for x, c in ((NEGLIGIBLE_RATIO, "r"), (DOMINANT_RATIO, "r")):
             axes[2].axvline(np.log10(x), color=c, ls="--", lw=0.8)
         axes[2].set(xlabel="log10 ‖Δv‖/‖v‖", ylabel="(step, sample) count", title="guidance strength on real states")

@@ -1,0 +1,193 @@
+"""The whole pipeline, stage by stage, in one run folder — what ``gaflow demo`` runs.
+
+demonstrations → base policy → rollouts on critic seeds → critic (+ report) → validation sweep → locked test
+evaluation → report. Every stage writes into ``<run>/<stage>`` and is skipped when its output is complete, so an
+interrupted demo resumes where it stopped (collection and evaluation also resume inside a stage).
+
+Seeds come from the named, disjoint splits of :mod:`gaflow.evaluation.splits`: demonstrations use ``demos``,
+critic rollouts ``critic``, the sweep ``validation``, the final numbers ``test``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.rule import Rule
+
+from gaflow.evaluation.splits import DEFAULT_SPLITS
+
+
+@dataclass
+class PipelineConfig:
+    env: str = "metaworld"
+    tasks: list[str] = field(default_factory=lambda: ["push", "pick-place"])
+    policy: str | None = None  # an existing base policy spec; None: record demos and train the compact policy
+    demos_per_task: int = 40
+    demo_noise: float = 0.3
+    image_size: int = 84
+    max_steps: int | None = None  # episode cap (None: the env's default)
+    policy_steps: int = 3000  # compact policy training steps
+    policy_batch_size: int = 64
+    critic_episodes: int = 40  # per task, 'critic' split
+    validation_episodes: int = 20  # per task, 'validation' split
+    test_episodes: int = 30  # per task, 'test' split
+    grid: list[float] = field(default_factory=lambda: [0.1, 0.3])  # relative strengths ρ tried on validation
+    critic_features: list[str] = field(default_factory=lambda: ["observation", "task", "state"])
+    critic_members: int = 3
+    critic_epochs: int = 40
+    critic_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    arms: list[str] = field(default_factory=lambda: ["unguided", "guided", "zero", "random"])
+    workers: int = 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    # seconds: the analytic toy-reach task, no simulator (for a first look and the quick tests)
+    "toy": {"env": "toy", "tasks": ["toy-reach", "toy-reach-far"], "policy": "toy:default", "critic_episodes": 150,
+            "validation_episodes": 60, "test_episodes": 100, "grid": [0.3, 1.0], "critic_features": ["state"],
+            "critic_hidden": [128, 128]},
+    # CI: MetaWorld end to end at a tiny size (plumbing only; the numbers mean nothing)
+    "tiny": {"tasks": ["push"], "demos_per_task": 3, "image_size": 32, "max_steps": 40, "policy_steps": 20,
+             "policy_batch_size": 16, "critic_episodes": 4, "validation_episodes": 2, "test_episodes": 2,
+             "grid": [0.2], "critic_epochs": 3, "critic_hidden": [32], "critic_members": 2},
+    # `gaflow demo` with no arguments: ≤ 20 minutes on 2 cores
+    "default": {},
+    # the study of BENCHMARKS.md: five mediocre tasks, 100 locked test episodes per task
+    "study": {"tasks": ["push", "pick-place", "shelf-place", "hand-insert", "disassemble"], "demos_per_task": 60,
+              "policy_steps": 8000, "critic_episodes": 100, "validation_episodes": 40, "test_episodes": 100,
+              "grid": [0.05, 0.1, 0.2, 0.4]},
+}
+
+
+def preset(name: str, **overrides) -> PipelineConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PipelineConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+
+
+def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None) -> dict:
+    console = console or Console()
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg_file = run / "pipeline.json"
+    if cfg_file.exists() and json.loads(cfg_file.read_text()) != json.loads(json.dumps(cfg.to_dict())):
+        raise ValueError(f"{run} holds a run with a different configuration; choose another --out")
+    cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2))
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def stage(name: str, what: str):
+        console.print(Rule(f"[bold]{name}[/bold] — {what}"))
+        return time.perf_counter()
+
+    # 1–2. base policy: given, or demonstrations + compact policy training
+    policy = cfg.policy
+    if policy is None:
+        if cfg.env != "metaworld":
+            raise ValueError("training the compact policy is wired for MetaWorld; pass policy= for other envs")
+        t0 = stage("1/7 demonstrations", f"{cfg.demos_per_task} noisy-expert episodes per task, σ={cfg.demo_noise}")
+        demos = run / "demos"
+        if not (demos / "meta" / "info.json").exists():
+            from gaflow.data.demos import DemoConfig, write_demos
+
+            write_demos(DemoConfig(tasks=list(cfg.tasks), episodes_per_task=cfg.demos_per_task, noise=cfg.demo_noise,
+                                   seed_start=DEFAULT_SPLITS.ranges["demos"][0], out=demos,
+                                   image_size=cfg.image_size, max_steps=cfg.max_steps))
+        else:
+            console.print("demonstrations exist — skipped")
+        timings["demos"] = time.perf_counter() - t0
+        t0 = stage("2/7 base policy", f"compact flow VLA, {cfg.policy_steps} steps")
+        pol_dir = run / "policy"
+        if not (pol_dir / "model.safetensors").exists():
+            from gaflow.policies.compact.config import CompactPolicyConfig
+            from gaflow.policies.compact.train import TrainConfig, train_policy
+
+            train_policy(TrainConfig(dataset=str(demos), out=str(pol_dir), steps=cfg.policy_steps,
+                                     batch_size=cfg.policy_batch_size, resume=True,
+                                     checkpoint_every=max(1, min(1000, cfg.policy_steps // 3)),
+                                     warmup_steps=min(500, max(1, cfg.policy_steps // 10)),
+                                     policy=CompactPolicyConfig(image_size=cfg.image_size)))
+        else:
+            console.print("policy exists — skipped")
+        timings["policy"] = time.perf_counter() - t0
+        policy = f"compact:{pol_dir}"
+
+    # 3. rollouts of the base policy on the critic split
+    from gaflow.collect import CollectConfig, collect
+
+    t0 = stage("3/7 rollouts", f"{cfg.critic_episodes} episodes per task on the 'critic' seeds")
+    ccfg = CollectConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks),
+                         seeds=DEFAULT_SPLITS.seeds("critic", cfg.critic_episodes), max_steps=cfg.max_steps,
+                         record_images=False)
+    summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True)
+    console.print(f"base-policy success on critic seeds: {summary['success_rate']:.1%} over {summary['episodes']} "
+                  "episodes")
+    timings["collect"] = time.perf_counter() - t0
+
+    # 4. critic (+ report)
+    from gaflow.critic.data import ChunkTable
+    from gaflow.critic.report import critic_report
+    from gaflow.critic.train import CriticTrainConfig, train_critic
+    from gaflow.guidance import GuidanceConfig
+
+    t0 = stage("4/7 critic", f"ensemble of {cfg.critic_members}, success-to-go")
+    critic_dir = run / "critic"
+    if not (critic_dir / "critic.json").exists():
+        table = ChunkTable.load(run / "collect" / "chunks.safetensors")
+        train_critic(table, CriticTrainConfig(features=tuple(cfg.critic_features), members=cfg.critic_members,
+                                              epochs=cfg.critic_epochs, hidden=tuple(cfg.critic_hidden)),
+                     out_dir=critic_dir)
+    rep = critic_report(critic_dir, run / "collect", critic_dir / "report", policy_spec=policy,
+                        guidance_cfg=GuidanceConfig(relative=cfg.grid[0]), max_states=32)
+    console.print(f"critic AUC on held-out episodes {rep['auc']:.3f}; ‖Δv‖/‖v‖ median "
+                  f"{rep.get('ratio_quantiles', {}).get('p50', float('nan')):.3g}")
+    timings["critic"] = time.perf_counter() - t0
+
+    # 5. validation sweep
+    from gaflow.evaluation.report import plot_sweep, print_eval, write_eval_report
+    from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
+    from gaflow.evaluation.sweep import load_locked, record_test_use, run_sweep
+
+    t0 = stage("5/7 validation sweep", f"relative strength ρ ∈ {cfg.grid}, {cfg.validation_episodes} seeds/task")
+    val_seeds = DEFAULT_SPLITS.seeds("validation", cfg.validation_episodes, purpose="tune")
+    sweep_dir = run / "sweep"
+    if not (sweep_dir / "locked.json").exists():
+        ev = EvalConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks), seeds=val_seeds, split="validation",
+                        critic=str(critic_dir), max_steps=cfg.max_steps)
+        res = run_sweep(ev, [{"relative": r} for r in cfg.grid], sweep_dir, workers=cfg.workers)
+        plot_sweep(sweep_dir, res["rows"], "relative strength ρ")
+    locked = load_locked(sweep_dir / "locked.json")
+    console.print(f"locked ρ = {locked['guidance']['relative']} (hash {locked['hash']})")
+    timings["sweep"] = time.perf_counter() - t0
+
+    # 6. locked test evaluation
+    t0 = stage("6/7 test evaluation", f"arms {cfg.arms}, {cfg.test_episodes} locked test seeds/task")
+    test_dir = run / "test"
+    test_seeds = DEFAULT_SPLITS.seeds("test", cfg.test_episodes)
+    ev = EvalConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks), seeds=test_seeds, split="test",
+                    arms=standard_arms(locked["guidance"], list(cfg.arms)), critic=str(critic_dir),
+                    max_steps=cfg.max_steps)
+    records = run_eval(ev, test_dir, workers=cfg.workers)
+    metrics = summarize(records, list(cfg.arms))
+    lock_meta = record_test_use(sweep_dir / "locked.json", locked, test_dir)
+    timings["test"] = time.perf_counter() - t0
+    meta = {"split": "test", "n_seeds": len(test_seeds), "seed_range": f"{test_seeds[0]}–{test_seeds[-1]}",
+            "policy": policy, "critic": str(critic_dir), "env": cfg.env, "locked": lock_meta,
+            "critic_auc": rep["auc"], "pipeline": cfg.to_dict(), "timings_s": timings,
+            "config": ev.to_dict()}
+    report = write_eval_report(test_dir, metrics, meta)
+
+    # 7. result
+    stage("7/7 result", "locked test split")
+    print_eval(metrics, "test")
+    total = time.perf_counter() - t_start
+    console.print(f"[bold]report:[/bold] {report}  (critic report: {critic_dir / 'report' / 'critic_report.json'}; "
+                  f"{total / 60:.1f} min this session)")
+    return {"metrics": metrics, "report": str(report), "timings_s": timings, "locked": locked}
