@@ -27,16 +27,16 @@ from gaflow.policies import CallablePolicy, PolicySpec
 from gaflow.sampler import SamplerConfig, sample_chunks
 
 
-def velocity_model(spec: PolicySpec, obs_dim: int, width: int, depth: int) -> CallablePolicy:
+def velocity_model(spec: PolicySpec, obs_dim: int, width: int, depth: int, device=None) -> CallablePolicy:
     """An MLP action expert: v(x_t, t | obs features) — a stand-in for a policy's velocity call."""
     flat = spec.chunk_len * spec.padded_dim
     layers: list[nn.Module] = [nn.Linear(flat + 1 + obs_dim, width), nn.SiLU()]
     for _ in range(depth - 1):
         layers += [nn.Linear(width, width), nn.SiLU()]
-    net = nn.Sequential(*layers, nn.Linear(width, flat)).requires_grad_(False)
+    net = nn.Sequential(*layers, nn.Linear(width, flat)).requires_grad_(False).to(device)
 
     def fn(x, t, ctx):
-        return net(torch.cat([x.flatten(1), t.view(-1, 1), ctx["obs"]], 1)).view_as(x)
+        return net(torch.cat([x.flatten(1), t.view(-1, 1).to(x), ctx["obs"]], 1)).view_as(x)
 
     return CallablePolicy(fn, spec, features_fn=lambda ctx: {"observation": ctx["obs"]})
 
@@ -73,29 +73,38 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", type=str, default="cpu", help="cpu or cuda")
     ap.add_argument("--json", type=str, default=None, help="also write the results here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     spec = PolicySpec(args.chunk_len, args.action_dim, args.padded_dim, "lerobot", args.num_steps)
-    policy = velocity_model(spec, args.obs_dim, args.velocity_width, args.velocity_depth)
+    policy = velocity_model(spec, args.obs_dim, args.velocity_width, args.velocity_depth, torch.device(args.device))
+    dev = torch.device(args.device)
     critic = EnsembleMLPCritic({"observation": args.obs_dim}, args.chunk_len, args.action_dim,
-                               hidden=args.critic_hidden, num_members=args.members)
+                               hidden=args.critic_hidden, num_members=args.members).to(dev)
     n_params = sum(p.numel() for p in critic.parameters()) // args.members
-    ctx = {"obs": torch.randn(args.batch, args.obs_dim)}
-    noise = torch.randn(args.batch, args.chunk_len, args.padded_dim)
+    ctx = {"obs": torch.randn(args.batch, args.obs_dim, device=dev)}
+    noise = torch.randn(args.batch, args.chunk_len, args.padded_dim, device=dev)
+    noise4 = torch.randn(args.batch, 4, args.chunk_len, args.padded_dim, device=dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
     def run(cfg: GuidanceConfig | None, sampler: SamplerConfig | None = None):
         g = Guidance(critic, cfg) if cfg is not None else None
-        return lambda: sample_chunks(policy, context=ctx, noise=noise if sampler is None else None,
-                                     guidance=g, config=sampler, generator=torch.Generator().manual_seed(0))
+        n = noise if sampler is None or sampler.num_candidates == 1 else noise4
+
+        def call():
+            sample_chunks(policy, context=ctx, noise=n, guidance=g, config=sampler)
+            sync()
+
+        return call
 
     # bare critic cost: forward+backward of the K-member ensemble, num_steps times
     obj = CriticObjective(critic, {"observation": ctx["obs"]})
     chunk = noise[..., : args.action_dim].clone()
     singles = [EnsembleMLPCritic({"observation": args.obs_dim}, args.chunk_len, args.action_dim,
-                                 hidden=args.critic_hidden, num_members=1) for _ in range(args.members)]
+                                 hidden=args.critic_hidden, num_members=1).to(dev) for _ in range(args.members)]
 
     def separate():
         for _ in range(args.num_steps):
@@ -113,9 +122,10 @@ def main() -> None:
              ("best-of-4", GuidanceConfig(estimator="none"), SamplerConfig(num_candidates=4, select="best")),
              ("guided + best-of-4", GuidanceConfig(scale=0.1), SamplerConfig(num_candidates=4, select="best"))]
     fns = {name: run(cfg, sampler) for name, cfg, sampler in arms}
-    fns["_critic"] = lambda: [obj.value_and_grad(chunk) for _ in range(args.num_steps)]
-    fns["_separate"] = separate
-    fns["_velocity"] = lambda: [policy.velocity(ctx, noise, torch.ones(args.batch)) for _ in range(args.num_steps)]
+    fns["_critic"] = lambda: ([obj.value_and_grad(chunk) for _ in range(args.num_steps)], sync())
+    fns["_separate"] = lambda: (separate(), sync())
+    t_one = torch.ones(args.batch, device=dev)
+    fns["_velocity"] = lambda: ([policy.velocity(ctx, noise, t_one) for _ in range(args.num_steps)], sync())
     results = time_interleaved(fns, args.reps)
     critic_ms, separate_ms, velocity_ms = results.pop("_critic"), results.pop("_separate"), results.pop("_velocity")
     base = results["unguided"]
@@ -123,7 +133,7 @@ def main() -> None:
     console = Console()
     table = Table(title=(f"per-chunk latency, {args.num_steps} steps, batch {args.batch}, H={args.chunk_len}, "
                          f"d={args.action_dim}/{args.padded_dim}, {args.members} critics × {n_params / 1e6:.2f}M params, "
-                         f"{args.threads} threads"))
+                         f"{args.threads} threads, {args.device}"))
     for col in ("arm", "ms / chunk", "× unguided", "overhead / critic fwd+bwd"):
         table.add_column(col, justify="right" if col != "arm" else "left")
     for name, ms in results.items():

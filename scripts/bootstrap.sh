@@ -52,8 +52,26 @@ if ! PY=$(find_python312); then
   exit 1
 fi
 
+# Headless MuJoCo rendering (MetaWorld, LIBERO) needs Mesa's EGL + llvmpipe. Install them when missing and we
+# are root with apt (CI, fresh Debian machines); otherwise say plainly what is missing.
+need_gl=()
+ldconfig -p 2>/dev/null | grep -q 'libEGL\.so\.1 ' || need_gl+=(libegl1)
+ldconfig -p 2>/dev/null | grep -q 'libEGL_mesa\.so\.0 ' || need_gl+=(libegl-mesa0)
+ldconfig -p 2>/dev/null | grep -Eq 'lib(OpenGL\.so\.0|GL\.so\.1) ' || need_gl+=(libgl1)
+compgen -G "/usr/lib/*/dri/swrast_dri.so" >/dev/null || compgen -G "/usr/lib*/dri/swrast_dri.so" >/dev/null \
+  || need_gl+=(libgl1-mesa-dri)
+if [ ${#need_gl[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[bootstrap] installing Mesa/EGL for headless rendering: ${need_gl[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_gl[@]}"
+  else
+    echo "[bootstrap] WARNING: headless rendering needs: ${need_gl[*]} (apt-get install them; see scripts/check_headless.sh)" >&2
+  fi
+fi
+
 export UV_PYTHON_DOWNLOADS=never
+unset PYTHONDONTWRITEBYTECODE  # a venv without .pyc files recompiles torch/lerobot on every import (~20 s CPU)
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
   echo "[bootstrap] creating .venv with $PY (first run downloads several GB of wheels: torch, lerobot, mujoco)"
 fi
-"$UV" sync --locked --python "$PY" --quiet
+"$UV" sync --locked --python "$PY" --quiet --compile-bytecode

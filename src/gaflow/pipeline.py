@@ -125,7 +125,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     t0 = stage("3/7 rollouts", f"{cfg.critic_episodes} episodes per task on the 'critic' seeds")
     ccfg = CollectConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks),
                          seeds=DEFAULT_SPLITS.seeds("critic", cfg.critic_episodes), max_steps=cfg.max_steps,
-                         record_images=False)
+                         record_images=True)  # the critic report re-encodes recorded observations
     summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True)
     console.print(f"base-policy success on critic seeds: {summary['success_rate']:.1%} over {summary['episodes']} "
                   "episodes")
