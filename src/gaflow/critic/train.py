@@ -120,11 +120,18 @@ def build_critic(cfg: CriticTrainConfig, feature_dims: dict[str, int], chunk_len
                              num_members=cfg.members, feature_stats=feature_stats)
 
 
-def _member_values(critic, feats: dict[str, torch.Tensor], chunk: torch.Tensor | None, idx: torch.Tensor):
-    """Values ``(K, B)`` where member ``k`` sees rows ``idx[k]`` (independent data order per member)."""
+def _member_values(critic, feats: dict[str, torch.Tensor], chunk: torch.Tensor | None, idx: torch.Tensor,
+                   inputs: torch.Tensor | None = None):
+    """Values ``(K, B)`` where member ``k`` sees rows ``idx[k]`` (independent data order per member).
+
+    ``inputs``: the MLP's input matrix ``(N, in)`` for all rows, precomputed once (it has no parameters).
+    """
     if isinstance(critic, EnsembleMLPCritic):
-        x = critic.inputs(feats, chunk)  # (N, in)
-        return critic.forward_inputs(x[idx])
+        if inputs is None:
+            flat = idx.reshape(-1)
+            x = critic.inputs({k: v[flat] for k, v in feats.items()}, None if chunk is None else chunk[flat])
+            return critic.forward_inputs(x.view(*idx.shape, -1))
+        return critic.forward_inputs(inputs[idx])
     f = critic._features(feats, chunk.dtype)
     return torch.stack([critic.member_forward(m, {k: v[idx[i]] for k, v in f.items()}, chunk[idx[i]])
                         for i, m in enumerate(critic.members)])
@@ -158,19 +165,24 @@ def train_critic(table: ChunkTable, cfg: CriticTrainConfig | None = None, out_di
         y = table.reward.float()
     nxt, horizon_discount = table.next_row, cfg.gamma ** table.executed.float()
 
+    # MLP inputs (normalised features ‖ flattened chunk) have no parameters: build them once, index per step
+    with torch.no_grad():
+        q_inputs = critic.inputs(feats, chunk) if isinstance(critic, EnsembleMLPCritic) else None
+        v_inputs = value_net.inputs(feats, None) if value_net is not None else None
+
     def loss_on(rows_k: torch.Tensor) -> torch.Tensor:
-        q = _member_values(critic, feats, chunk, rows_k)  # (K, B)
+        q = _member_values(critic, feats, chunk, rows_k, q_inputs)  # (K, B)
         if cfg.target == "success_to_go":
             return ((q - y[rows_k]) ** 2).mean()
         if cfg.target == "binary":
             return torch.nn.functional.binary_cross_entropy_with_logits(q, y[rows_k])
         # chunked IQL: V(s) ← expectile of Q(s, A); Q(s, A) ← r + γ^exec·(1 − done)·V(s')
-        v = _member_values(value_net, feats, None, rows_k)
+        v = _member_values(value_net, feats, None, rows_k, v_inputs)
         v_loss = expectile_loss(q.detach().mean(0, keepdim=True) - v, cfg.expectile).mean()
         n = nxt[rows_k]
         has_next = n >= 0
         with torch.no_grad():
-            v_next = _member_values(value_net, feats, None, n.clamp_min(0)).mean(0, keepdim=True)
+            v_next = _member_values(value_net, feats, None, n.clamp_min(0), v_inputs).mean(0, keepdim=True)
         target = y[rows_k] + horizon_discount[rows_k] * has_next * v_next
         return ((q - target) ** 2).mean() + v_loss
 
