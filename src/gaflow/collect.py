@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from gaflow.critic.data import ChunkTable
 from gaflow.envs.base import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
+from gaflow.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from gaflow.jobs import chunked, run_batches
 
 
@@ -92,18 +91,6 @@ class RecordingEnv:
 
 def episode_path(out: Path, task: str, seed: int) -> Path:
     return out / "episodes" / str(task) / f"{int(seed)}.safetensors"
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _build(cfg: CollectConfig, task: str):
@@ -167,7 +154,7 @@ def write_episode(out: Path, rec, frames: list[dict], action_dim: int) -> None:
     meta = rec.summary()
     meta["guidance"] = [c.guidance for c in rec.chunks] if rec.chunks and rec.chunks[0].guidance else None
     meta["task_description"] = frames[0]["task"] if frames else ""
-    _atomic_save(t, {"episode": json.dumps(meta)}, episode_path(out, rec.task, rec.seed))
+    atomic_save_safetensors(episode_path(out, rec.task, rec.seed), t, {"episode": json.dumps(meta)})
 
 
 def read_episode(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -194,7 +181,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
             raise ValueError(f"{out} holds a collection with a different config (fields {diff}); use another "
                              "--out, or delete the folder to start over")
     else:
-        _atomic_text(cfg_file, json.dumps(cfg.key(), indent=2))
+        atomic_write_json(cfg_file, cfg.key())
     for stale in out.glob("episodes/*/.*.tmp"):  # left by a killed worker; never renamed into place
         stale.unlink()
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not episode_path(out, t, s).exists()]
@@ -216,13 +203,6 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
     summary = {"episodes": total, "collected_now": len(todo), "seconds": elapsed, "chunks": len(table),
                "success_rate": float(np.mean([e["success"] for e in table.episodes])) if table.episodes else 0.0}
     return summary
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def assemble(out: Path, cfg: CollectConfig, write_dataset: bool = True, progress: bool = True) -> ChunkTable:
@@ -258,7 +238,7 @@ def assemble(out: Path, cfg: CollectConfig, write_dataset: bool = True, progress
                        "description": e.get("task_description", "")} for e in episodes]
     table.meta = {"policy": cfg.policy, "env": cfg.env, "guidance": cfg.guidance, "noise_seed": cfg.noise_seed}
     table.save(out / "chunks.safetensors")
-    _atomic_text(out / "episodes.jsonl", "".join(json.dumps(e) + "\n" for e in episodes))
+    atomic_write_text(out / "episodes.jsonl", "".join(json.dumps(e) + "\n" for e in episodes))
     if write_dataset:
         write_lerobot_dataset(out / "dataset", frames, progress=progress)
     return table

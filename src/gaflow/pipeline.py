@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from gaflow.evaluation.splits import DEFAULT_SPLITS
+from gaflow.io import atomic_write_json
 
 
 @dataclass
@@ -79,7 +80,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     cfg_file = run / "pipeline.json"
     if cfg_file.exists() and json.loads(cfg_file.read_text()) != json.loads(json.dumps(cfg.to_dict())):
         raise ValueError(f"{run} holds a run with a different configuration; choose another --out")
-    cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2))
+    atomic_write_json(cfg_file, cfg.to_dict())
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 

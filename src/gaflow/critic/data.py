@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from gaflow.io import atomic_save_safetensors
 
 REQUIRED = ("chunk", "episode", "step", "executed", "next_row", "success", "steps_to_success", "reward")
 
@@ -112,15 +112,7 @@ class ChunkTable:
         tensors = {n: getattr(self, n).contiguous() for n in REQUIRED}
         tensors.update({f"feature.{k}": v.contiguous() for k, v in self.features.items()})
         meta = {"episodes": json.dumps(self.episodes), "meta": json.dumps(self.meta)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_save_safetensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ChunkTable:

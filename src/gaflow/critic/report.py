@@ -17,6 +17,7 @@ import torch
 
 from gaflow.critic.data import ChunkTable
 from gaflow.critic.quality import critic_quality, critic_values
+from gaflow.io import atomic_write_json
 
 NEGLIGIBLE_RATIO = 0.01  # median ‖Δv‖/‖v‖ below this: guidance cannot change the chunk
 DOMINANT_RATIO = 1.0  # above this: guidance overrides the policy
@@ -160,5 +161,5 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, policy_spec: s
         report["gate_mean"] = float(strength["gate"].mean()) if strength["gate"].size else float("nan")
         report["raw_grad_norm_median"] = float(np.median(strength["raw_grad_norm"])) if r.size else float("nan")
     report["plots"] = plot_report(out, quality, q, labels, strength)
-    (out / "critic_report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_json(out / "critic_report.json", report)
     return report

@@ -10,18 +10,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from gaflow.critic.data import ChunkTable, episode_rows
 from gaflow.critic.models import EnsembleMLPCritic, TransformerCritic
 from gaflow.critic.targets import TARGETS, binary_success, expectile_loss, success_to_go
+from gaflow.io import atomic_save_safetensors, atomic_write_json
 from gaflow.normalize import compute_stats
 
 
@@ -227,17 +227,6 @@ def train_critic(table: ChunkTable, cfg: CriticTrainConfig | None = None, out_di
     return critic, metrics, split
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_critic(critic, out_dir: str | os.PathLike, cfg: CriticTrainConfig, extra: dict | None = None) -> None:
     """``critic.safetensors`` (weights + feature stats) and ``critic.json`` (config, shapes, metrics), atomically."""
     out = Path(out_dir)
@@ -249,8 +238,8 @@ def save_critic(critic, out_dir: str | os.PathLike, cfg: CriticTrainConfig, extr
                 tensors[f"stats.{key}.{s}"] = v.contiguous()
     info = {"config": dataclasses.asdict(cfg), "feature_dims": critic.feature_dims, "chunk_len": critic.chunk_len,
             "action_dim": critic.action_dim, "format": "gaflow-critic-v1", **(extra or {})}
-    _atomic_write_bytes(out / "critic.safetensors", lambda p: save_file(tensors, p))
-    _atomic_write_bytes(out / "critic.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+    atomic_save_safetensors(out / "critic.safetensors", tensors)
+    atomic_write_json(out / "critic.json", info)
 
 
 def load_critic(path: str | os.PathLike):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from gaflow.io import atomic_write_json, atomic_write_text
 
 
 def _pct(x: float) -> str:
@@ -127,7 +128,7 @@ def plot_sweep(out: Path, rows: list[dict], strength_key: str) -> str:
 def write_eval_report(out: Path, metrics: dict, meta: dict) -> Path:
     """metrics.json, report.md and plots in ``out``; returns the report path."""
     plots = plot_eval(out, metrics)
-    (out / "metrics.json").write_text(json.dumps({**meta, **metrics}, indent=2))
+    atomic_write_json(out / "metrics.json", {**meta, **metrics})
     lines = [f"# gaflow evaluation — split `{meta['split']}`", "",
              f"Every number below comes from the **{meta['split']}** seed split ({meta['n_seeds']} seeds per task: "
              f"{meta['seed_range']}), {len(metrics['per_task'])} task(s); each arm ran the same episodes "
@@ -150,7 +151,7 @@ def write_eval_report(out: Path, metrics: dict, meta: dict) -> Path:
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     lines += [LEGEND + ".", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
     return path
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from gaflow.evaluation.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
+from gaflow.io import atomic_write_json
 from gaflow.jobs import chunked, run_batches
 
 
@@ -82,14 +82,6 @@ class EvalConfig:
         return cls(**d)
 
 
-def _atomic_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
 def result_path(out: Path, task: str, seed: int) -> Path:
     return out / "episodes" / str(task) / f"{int(seed)}.json"
 
@@ -135,7 +127,7 @@ def _eval_worker(cfg_dict: dict, out: str, jobs: list[tuple[str, int]], threads:
                 "init_state_sha": hashlib.sha256(np.asarray(init, np.float32).tobytes()).hexdigest()[:16],
                 "guidance": _mean_diag(diag) if diag else None,
             }
-        _atomic_json(result_path(Path(out), task, seed), record)
+        atomic_write_json(result_path(Path(out), task, seed), record)
         results.append(record)
     if built is not None:
         built[1].close()
@@ -171,7 +163,7 @@ def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress
         if json.loads(cfg_file.read_text()) != json.loads(json.dumps(cfg.to_dict())):
             raise ValueError(f"{out} holds an evaluation with a different config; use another --out")
     else:
-        _atomic_json(cfg_file, cfg.to_dict())
+        atomic_write_json(cfg_file, cfg.to_dict())
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not result_path(out, t, s).exists()]
     total = len(cfg.tasks) * len(cfg.seeds)
     wins = {a.name: 0 for a in cfg.arms}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gaflow.evaluation.runner import Arm, EvalConfig, run_eval, summarize
 from gaflow.guidance import GuidanceConfig
+from gaflow.io import atomic_write_json, atomic_write_text
 
 RULE = "max-validation-success (ties: weaker strength)"
 
@@ -56,7 +57,7 @@ def run_sweep(base_eval: EvalConfig, configs: list[dict], out: Path, workers: in
     locked = {"guidance": cfg.to_dict(), "hash": cfg.config_hash(), "locked_at": datetime.now(UTC).isoformat(),
               "rule": RULE, "split": base_eval.split, "seeds": base_eval.seeds, "tasks": base_eval.tasks,
               "policy": base_eval.policy, "critic": base_eval.critic, "env": base_eval.env, "candidates": rows}
-    (out / "locked.json").write_text(json.dumps(locked, indent=2))
+    atomic_write_json(out / "locked.json", locked)
     return {"metrics": metrics, "rows": rows, "locked": locked}
 
 
@@ -81,7 +82,7 @@ def record_test_use(lock_path: Path, locked: dict, run_dir: Path) -> dict:
     entries = [json.loads(x) for x in hist.read_text().splitlines()] if hist.exists() else []
     entries.append({"hash": locked["hash"], "locked_at": locked["locked_at"], "run": str(run_dir),
                     "evaluated_at": datetime.now(UTC).isoformat()})
-    hist.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    atomic_write_text(hist, "".join(json.dumps(e) + "\n" for e in entries))
     hashes = sorted({e["hash"] for e in entries})
     return {"hash": locked["hash"], "locked_at": locked["locked_at"], "rule": locked["rule"], "split": locked["split"],
             "test_runs": len(entries), "test_history_hashes": hashes, "relocked_after_test": len(hashes) > 1}
