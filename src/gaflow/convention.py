@@ -20,9 +20,12 @@ def time_grid(convention: TimeConvention, num_steps: int) -> torch.Tensor:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     grid = torch.linspace(0.0, 1.0, num_steps + 1, dtype=torch.float64)
     if TimeConvention(convention) is TimeConvention.LEROBOT:
-        # LeRobot computes t_k = 1 + k·dt with dt = -1/num_steps in float32; reproduce its values.
-        dt = torch.tensor(-1.0 / num_steps, dtype=torch.float32)
-        return torch.stack([1.0 + k * dt for k in range(num_steps + 1)]).to(torch.float32)
+        # LeRobot (flow_matching.euler_integrate) computes t_k = 1.0 + k·dt with dt = -1/num_steps in Python
+        # floats (float64) and only then casts to float32; doing the arithmetic in float32 differs in the last bit
+        # for some k (e.g. num_steps=10, k=6, 8, 9), which changes the time embedding slightly.
+        dt = -1.0 / num_steps
+        times = [1.0 + k * dt for k in range(num_steps)] + [0.0]
+        return torch.tensor(times, dtype=torch.float32)
     return grid.to(torch.float32)
 
 

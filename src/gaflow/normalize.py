@@ -1,4 +1,5 @@
-"""The one normaliser of gaflow (policies, critics and data code all use it): per-feature affine maps computed from
+"""The one normaliser of gaflow (policies, critics and data code all use it): per-feature affine maps computed
+from dataset statistics.
 
 Statistics use LeRobot's ``meta/stats.json`` layout (``{"action": {"mean": [...], "std": [...], "min": [...],
 "max": [...]}, ...}``), so :meth:`Normalizer.from_stats` accepts a LeRobot dataset's stats directly or stats computed
