@@ -18,9 +18,9 @@ PY="${PY:-python3}"
 echo "== guidance latency, CPU, 2 cores"
 taskset -c 0,1 "$PY" benchmarks/guidance_latency.py --threads 2 --reps 30 --json "$OUT/guidance_cpu2.json" 2>&1 | tee "$OUT/guidance_cpu2.txt"
 echo "== critic training, CPU, 2 cores"
-taskset -c 0,1 timeout 300 "$PY" benchmarks/critic_training.py --threads 2 --json "$OUT/critic_training_cpu2.json" 2>&1 | tail -12
+taskset -c 0,1 timeout 180 "$PY" benchmarks/critic_training.py --threads 2 --json "$OUT/critic_training_cpu2.json" 2>&1 | tail -12
 echo "== guidance latency, CUDA"
 "$PY" benchmarks/guidance_latency.py --device cuda --reps 50 --json "$OUT/guidance_cuda.json" 2>&1 | tee "$OUT/guidance_cuda.txt"
 echo "== SmolVLA latency, CUDA (tiny smoke, then full size)"
 "$PY" benchmarks/lerobot_latency.py --device cuda --size tiny --reps 3 --warmup 1 --json "$OUT/lerobot_cuda_tiny.json" 2>&1 | tail -15
-timeout 420 "$PY" benchmarks/lerobot_latency.py --device cuda --size full --reps 20 --warmup 3 --json "$OUT/lerobot_cuda.json" 2>&1 | tail -25
+timeout 240 "$PY" benchmarks/lerobot_latency.py --device cuda --size full --reps 10 --warmup 2 --json "$OUT/lerobot_cuda.json" 2>&1 | tail -25
