@@ -352,3 +352,16 @@ def test_guidance_config_round_trips_and_rejects_bad_fields():
         GuidanceConfig(schedule="sometimes")
     with pytest.raises(ValueError, match="clip"):
         GuidanceConfig(clip=0.0)
+
+
+def test_prepared_critic_path_equals_the_plain_forward():
+    critic = EnsembleMLPCritic({"observation": 5, "task": 3}, chunk_len=4, action_dim=2, hidden=(16, 8),
+                               num_members=3)
+    f = {"observation": torch.randn(6, 5), "task": torch.randn(6, 3)}
+    a = torch.randn(6, 4, 2)
+    torch.testing.assert_close(critic.forward_prepared(critic.prepare(f), a), critic(f, a))
+    obj = CriticObjective(critic, f)
+    _, g = obj.value_and_grad(a)
+    a2 = a.clone().requires_grad_(True)
+    (g_ref,) = torch.autograd.grad(critic(f, a2).mean(0).sum(), a2)
+    torch.testing.assert_close(g, g_ref)

@@ -96,11 +96,41 @@ class EnsembleMLPCritic(nn.Module):
         h = self.inputs(features, chunk).unsqueeze(0).expand(self.num_members, -1, -1)  # (K, B, in)
         return self.forward_inputs(h)
 
-    def forward_inputs(self, h: torch.Tensor) -> torch.Tensor:
-        """``(K, B, in)`` member-specific inputs → ``(K, B)`` (training feeds each member its own batch)."""
+    def prepare(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The first layer's feature part ``(K, B, hidden0)``, computed once per chunk.
+
+        Features do not change over the flow steps, so guidance computes ``W_f·f + b`` once and each step only
+        adds ``W_a·chunk`` (:meth:`forward_prepared`) — the same values as :meth:`forward`, for less work.
+        """
+        if not self.use_chunk:
+            raise ValueError("prepare() is for critics over chunks")
+        b = next(iter(features.values())).shape[0] if features else 1
+        dummy = torch.zeros(b, self.chunk_len, self.action_dim, dtype=self.weights[0].dtype,
+                            device=self.weights[0].device)
+        f = self.inputs(features, dummy)[:, : -self.chunk_len * self.action_dim]  # (B, F)
+        w = self.weights[0][:, : f.shape[1]]
+        return torch.baddbmm(self.biases[0], f.unsqueeze(0).expand(self.num_members, -1, -1), w)
+
+    def forward_prepared(self, prepared: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` given :meth:`prepare`'s output for the same features."""
+        if chunk.shape[1:] != (self.chunk_len, self.action_dim):
+            raise ValueError(
+                f"critic expects chunks of shape (B, {self.chunk_len}, {self.action_dim}); got {tuple(chunk.shape)}"
+            )
+        a = chunk.flatten(1).unsqueeze(0).expand(self.num_members, -1, -1)  # (K, B, H·d)
+        w = self.weights[0][:, -a.shape[-1]:]
+        h = torch.baddbmm(prepared, a, w)
+        return self.forward_inputs(h, start=1)
+
+    def forward_inputs(self, h: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """``(K, B, in)`` member-specific inputs → ``(K, B)`` (training feeds each member its own batch).
+
+        ``start=1``: ``h`` is already the first layer's pre-activation (see :meth:`forward_prepared`)."""
         n = len(self.weights)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.baddbmm(b, h, w)
+        if start == 1:
+            h = self.act(h) if n > 1 else h
+        for i in range(start, n):
+            h = torch.baddbmm(self.biases[i], h, self.weights[i])
             if i < n - 1:
                 h = self.act(h)
         return h.squeeze(-1)  # (K, B)

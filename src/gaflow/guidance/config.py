@@ -96,33 +96,41 @@ class Guidance:
     def guided_velocity(
         self, step: FlowStep, objective: CriticObjective, weight: float, diag: GuidanceDiagnostics | None
     ) -> torch.Tensor:
-        """The policy velocity at ``step`` with guidance added to its real dims."""
+        """The policy velocity at ``step`` with guidance added to its real dims.
+
+        Kept lean on purpose: beyond the critic's forward+backward it is a handful of (B,)-sized tensor ops, so
+        the clean-estimate estimator costs about one critic forward+backward per step (benchmarks/).
+        """
         cfg, d = self.config, step.action_dim
         v, g, val = estimate(cfg.estimator, step, objective)  # type: ignore[arg-type]
-        ok = torch.isfinite(val.aggregate) & torch.isfinite(g).flatten(1).all(1)  # (B,)
-        g = torch.where(ok.view(-1, 1, 1), g, torch.zeros_like(g))
+        ok = torch.isfinite(val.aggregate + g.flatten(1).sum(1))  # (B,): NaN/inf anywhere in Q or g
+        g = torch.where(ok.view(-1, 1, 1), g, 0.0)  # a non-finite sample gets no guidance (g = 0 ⇒ Δ = 0)
         v_real = v[..., :d]
-        std = torch.nan_to_num(val.std, nan=float("inf")) if val.members.shape[0] > 1 else val.std
-        gate, fell_back = cfg.gate(std)
-        delta = cfg.strength(g, v_real) * (gate * weight).view(-1, 1, 1)
-        delta = torch.where(ok.view(-1, 1, 1), delta, torch.zeros_like(delta))
+        g_norm, v_norm = per_sample_norm(g), per_sample_norm(v_real)
+        delta = cfg.strength(g, v_real, g_norm, v_norm)
+        if cfg.gate.inactive:
+            gate, fell_back = None, None
+            if weight != 1.0:
+                delta = delta * weight
+        else:
+            gate, fell_back = cfg.gate(torch.nan_to_num(val.std, nan=float("inf")))
+            delta = delta * (gate * weight).view(-1, 1, 1)
         applied = self.control(delta)
         if applied is None:
-            v_out, applied_norm = v, torch.zeros(v.shape[0])
+            v_out, applied_norm = v, torch.zeros_like(g_norm)
         else:
             v_out = v.clone()
             v_out[..., :d] = v_real + ascent_sign(step.convention) * applied
             applied_norm = per_sample_norm(applied)
         if diag is not None:
-            g_norm = per_sample_norm(g)
-            cos = (g.flatten(1) * applied.flatten(1)).sum(1) / (g_norm * applied_norm).clamp_min(EPS) \
-                if applied is not None else torch.full_like(g_norm, float("nan"))
-            cos = torch.where(applied_norm > 0, cos, torch.full_like(cos, float("nan")))
-            diag.record(
-                step.step, raw_grad_norm=g_norm, applied_norm=applied_norm,
-                ratio=applied_norm / per_sample_norm(v_real).clamp_min(EPS), gate=gate,
-                q_mean=val.mean, q_std=val.std, cosine=cos,
-            )
+            if applied is None:
+                cos = torch.full_like(g_norm, float("nan"))
+            else:
+                cos = (g * applied).flatten(1).sum(1) / (g_norm * applied_norm).clamp_min(EPS)
+                cos = torch.where(applied_norm > 0, cos, float("nan"))
+            diag.record(step.step, [g_norm, applied_norm, applied_norm / v_norm.clamp_min(EPS),
+                                    torch.ones_like(g_norm) if gate is None else gate, val.mean, val.std, cos])
             diag.nonfinite += int((~ok).sum())
-            diag.fallback += int((fell_back & ok).sum())
+            if fell_back is not None:
+                diag.fallback += int((fell_back & ok).sum())
         return v_out

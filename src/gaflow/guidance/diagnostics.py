@@ -1,4 +1,4 @@
-"""Per-step, per-sample guidance diagnostics, kept as preallocated tensors (cheap to record)."""
+"""Per-step, per-sample guidance diagnostics, kept in one preallocated tensor (one copy per flow step)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,14 @@ FIELDS = ("raw_grad_norm", "applied_norm", "ratio", "gate", "q_mean", "q_std", "
 
 @dataclass
 class GuidanceDiagnostics:
-    """Each field is ``(num_steps, B)``; NaN where guidance did not run at that step (schedule weight 0)."""
+    """``data[i]`` is field ``FIELDS[i]`` as ``(num_steps, B)``; NaN where guidance did not run (schedule 0).
 
-    raw_grad_norm: torch.Tensor
-    applied_norm: torch.Tensor  # ‖Δv‖ actually added to the velocity (0 for the zero control)
-    ratio: torch.Tensor  # ‖Δv‖ / ‖v‖ over the real dims
-    gate: torch.Tensor
-    q_mean: torch.Tensor
-    q_std: torch.Tensor
-    cosine: torch.Tensor  # cos(raw g, applied Δ); NaN when nothing was applied
+    Fields (also attributes): raw ‖g‖; applied ‖Δv‖ actually added to the velocity (0 for the zero control);
+    ratio ‖Δv‖/‖v‖ over the real dims; gate; ensemble mean and std of Q; cos(raw g, applied Δ) (NaN when nothing
+    was applied).
+    """
+
+    data: torch.Tensor  # (len(FIELDS), num_steps, B)
     nonfinite: int = 0  # (sample, step) pairs that fell back to unguided for a non-finite Q or gradient
     fallback: int = 0  # (sample, step) pairs that fell back for ensemble disagreement
     posthoc_skipped: int = 0
@@ -27,21 +26,25 @@ class GuidanceDiagnostics:
 
     @classmethod
     def empty(cls, num_steps: int, batch: int) -> GuidanceDiagnostics:
-        return cls(**{f: torch.full((num_steps, batch), float("nan")) for f in FIELDS})
+        return cls(torch.full((len(FIELDS), num_steps, batch), float("nan")))
 
-    def record(self, step: int, **values: torch.Tensor) -> None:
-        for name, value in values.items():
-            getattr(self, name)[step] = value.detach().to("cpu", torch.float32)
+    def __getattr__(self, name: str) -> torch.Tensor:
+        if name in FIELDS:
+            return self.data[FIELDS.index(name)]
+        raise AttributeError(name)
+
+    def record(self, step: int, values: list[torch.Tensor]) -> None:
+        """``values``: one ``(B,)`` tensor per field, in ``FIELDS`` order."""
+        self.data[:, step] = torch.stack(values).detach().to("cpu", torch.float32)
 
     def select(self, index: torch.Tensor) -> GuidanceDiagnostics:
         """Keep only the columns (samples) in ``index``."""
-        kept = {f: getattr(self, f)[:, index] for f in FIELDS}
-        return GuidanceDiagnostics(**kept, nonfinite=self.nonfinite, fallback=self.fallback,
-                                   posthoc_skipped=self.posthoc_skipped, extra=dict(self.extra))
+        return GuidanceDiagnostics(self.data[:, :, index], self.nonfinite, self.fallback, self.posthoc_skipped,
+                                   dict(self.extra))
 
     def summary(self) -> dict:
-        """Means over steps and samples (NaN-aware), plus the ratio's median and the counters."""
-        out: dict[str, float] = {}
+        """Means over steps and samples (NaN-aware), the ratio's median, per-step curves and the counters."""
+        out: dict = {}
         for f in FIELDS:
             v = getattr(self, f)
             out[f"{f}_mean"] = float(torch.nanmean(v)) if torch.isfinite(v).any() else float("nan")

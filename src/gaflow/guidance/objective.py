@@ -8,6 +8,7 @@ this is each sample's own gradient).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import torch
@@ -22,11 +23,11 @@ class CriticValue:
     members: torch.Tensor  # (K, B), detached
     aggregate: torch.Tensor  # (B,), detached
 
-    @property
+    @cached_property
     def mean(self) -> torch.Tensor:
         return self.members.mean(0)
 
-    @property
+    @cached_property
     def std(self) -> torch.Tensor:
         k = self.members.shape[0]
         return self.members.std(0, unbiased=False) if k > 1 else torch.zeros_like(self.aggregate)
@@ -39,6 +40,17 @@ class CriticObjective:
         if aggregate not in ("mean", "min", "lcb"):
             raise ValueError(f"aggregate must be 'mean', 'min' or 'lcb', got {aggregate!r}")
         self.critic, self.features, self.aggregate, self.kappa = critic, features, aggregate, kappa
+        # Critics that can (EnsembleMLPCritic) precompute the feature part of their first layer once per chunk:
+        # the features do not change over the flow steps. No gradient flows into the critic from guidance.
+        self._prepared = None
+        if hasattr(critic, "prepare") and getattr(critic, "use_chunk", True):
+            with torch.no_grad():
+                self._prepared = critic.prepare(features)
+
+    def _members(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self._prepared is not None:
+            return self.critic.forward_prepared(self._prepared, chunk)
+        return evaluate_critic(self.critic, self.features, chunk)
 
     def _aggregate(self, q: torch.Tensor) -> torch.Tensor:
         if self.aggregate == "mean" or q.shape[0] == 1:
@@ -48,12 +60,12 @@ class CriticObjective:
         return q.mean(0) - self.kappa * q.std(0, unbiased=False)
 
     def value(self, chunk: torch.Tensor) -> CriticValue:
-        q = evaluate_critic(self.critic, self.features, chunk)
+        q = self._members(chunk)
         return CriticValue(q.detach(), self._aggregate(q).detach())
 
     def value_with_graph(self, chunk: torch.Tensor) -> tuple[torch.Tensor, CriticValue]:
         """Aggregate ``(B,)`` still attached to the graph, plus detached values."""
-        q = evaluate_critic(self.critic, self.features, chunk)
+        q = self._members(chunk)
         agg = self._aggregate(q)
         return agg, CriticValue(q.detach(), agg.detach())
 

@@ -32,11 +32,14 @@ class Strength:
         if self.relative is not None and self.relative < 0:
             raise ValueError(f"relative strength ρ must be >= 0, got {self.relative}")
 
-    def __call__(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """``g``, ``v``: ``(B, H, d)`` real dims. Returns ``Δ`` (ascent direction, before the convention sign)."""
-        g_norm = per_sample_norm(g)
+    def __call__(self, g: torch.Tensor, v: torch.Tensor, g_norm: torch.Tensor | None = None,
+                 v_norm: torch.Tensor | None = None) -> torch.Tensor:
+        """``g``, ``v``: ``(B, H, d)`` real dims (their per-sample norms may be passed in to save recomputing).
+        Returns ``Δ`` (ascent direction, before the convention sign)."""
+        g_norm = per_sample_norm(g) if g_norm is None else g_norm
         if self.relative is not None:
-            factor = self.relative * per_sample_norm(v) / g_norm.clamp_min(EPS)
+            v_norm = per_sample_norm(v) if v_norm is None else v_norm
+            factor = self.relative * v_norm / g_norm.clamp_min(EPS)
             return g * factor.view(-1, 1, 1)
         if self.clip is not None:
             g = g * (self.clip / g_norm.clamp_min(EPS)).clamp(max=1.0).view(-1, 1, 1)

@@ -21,6 +21,11 @@ class Gate:
         if self.k < 0 or not 0.0 <= self.g_min <= 1.0:
             raise ValueError(f"gate needs k >= 0 and 0 <= g_min <= 1, got k={self.k}, g_min={self.g_min}")
 
+    @property
+    def inactive(self) -> bool:
+        """True when the gate is identically 1 (no exponential gate, no fallback threshold)."""
+        return self.k == 0 and self.fallback_std is None
+
     def __call__(self, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``std`` ``(B,)`` → ``(gate (B,), fell_back (B,) bool)``."""
         gate = torch.ones_like(std) if self.k == 0 else torch.exp(-self.k * std).clamp(self.g_min, 1.0)
