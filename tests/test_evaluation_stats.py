@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from gaflow.evaluation import DEFAULT_SPLITS, SeedSplit, SplitViolation, mcnemar_exact, paired_bootstrap_ci, wilson_interval
+from gaflow.evaluation import (
+    DEFAULT_SPLITS,
+    SeedSplit,
+    SplitViolation,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    wilson_interval,
+)
 
 
 def test_wilson_interval_matches_known_values():

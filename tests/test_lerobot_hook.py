@@ -1,0 +1,142 @@
+"""Hook mode: gaflow guidance installed as LeRobot's ``rtc_processor`` so ``predict_action_chunk`` runs guided."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import LinearCritic
+
+from gaflow.critic import EnsembleMLPCritic
+from gaflow.guidance import Guidance, GuidanceConfig
+from gaflow.policies.lerobot import LeRobotGuidanceHook
+from gaflow.policies.lerobot.tiny import (
+    FAMILIES,
+    OfflineModelConfig,
+    example_observation,
+    save_offline_checkpoint,
+)
+from gaflow.policies.registry import load_policy
+from gaflow.sampler import sample_chunks
+
+torch.set_num_threads(1)
+B = 2
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory):
+    out = {}
+    for f in FAMILIES:
+        path = save_offline_checkpoint(OfflineModelConfig(family=f, seed=1), tmp_path_factory.mktemp(f))
+        out[f] = load_policy(f"lerobot:{path}", device="cpu")
+    return out
+
+
+def _noise(ad, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn((B, ad.spec.chunk_len, ad.spec.padded_dim), generator=g)
+
+
+def _critic(ad, seed=0):
+    c = torch.randn(ad.spec.chunk_len, ad.spec.action_dim, generator=torch.Generator().manual_seed(seed))
+    return LinearCritic(c)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hook_guidance_raises_critic_value_in_lerobot_predict_action_chunk(adapters, family):
+    ad = adapters[family]
+    critic = _critic(ad, 1)
+    obs, noise = example_observation(ad.config, B, seed=2), _noise(ad, 3)
+    base = ad.lerobot_chunk(obs, noise=noise.clone())
+    with ad.guidance_hook(Guidance(critic, GuidanceConfig(scale=0.3))) as hook:
+        guided = ad.lerobot_chunk(obs, noise=noise.clone())
+    q = lambda a: critic({}, a)[0]  # noqa: E731
+    assert (q(guided) > q(base) + 1.0).all()  # sign right in LeRobot's t: 1 → 0 convention
+    assert hook.chunks == 1 and torch.isfinite(hook.diagnostics.ratio).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hook_features_equal_explicit_loop_features(adapters, family):
+    ad = adapters[family]
+    obs = example_observation(ad.config, B, seed=4)
+    with ad.guidance_hook(Guidance(_critic(ad), GuidanceConfig(estimator="none"))) as hook:
+        ad.lerobot_chunk(obs, noise=_noise(ad))
+    expected = ad.encode(obs).features
+    assert set(hook.features) == set(expected)
+    for k, v in expected.items():
+        torch.testing.assert_close(hook.features[k], v, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["smolvla", "pi05"])
+def test_hook_and_explicit_loop_give_the_same_guided_chunks(adapters, family):
+    ad = adapters[family]
+    obs, noise = example_observation(ad.config, B, seed=5), _noise(ad, 6)
+    feats = ad.encode(obs).features
+    critic = EnsembleMLPCritic({k: feats[k].shape[-1] for k in ("task", "observation", "state")},
+                               ad.spec.chunk_len, ad.spec.action_dim, hidden=(16,), num_members=3)
+    guidance = Guidance(critic, GuidanceConfig(estimator="clean_estimate", relative=0.5, gate_k=1.0))
+    explicit = sample_chunks(ad, context=ad.encode(obs), noise=noise, guidance=guidance)
+    with ad.guidance_hook(guidance) as hook:
+        hooked = ad.lerobot_chunk(obs, noise=noise.clone())
+    unguided = ad.lerobot_chunk(obs, noise=noise.clone())
+    assert (hooked - unguided).abs().max() > 1e-2  # guidance did something
+    torch.testing.assert_close(hooked, explicit.chunk[..., : ad.spec.action_dim], atol=1e-4, rtol=0)
+    torch.testing.assert_close(hook.diagnostics.q_mean, explicit.diagnostics.q_mean, atol=1e-4, rtol=1e-4)
+
+
+def test_hook_zero_control_and_inactive_guidance_leave_lerobot_output_bit_identical(adapters):
+    ad = adapters["smolvla"]
+    obs, noise = example_observation(ad.config, B, seed=7), _noise(ad, 8)
+    base = ad.lerobot_chunk(obs, noise=noise.clone())
+    for cfg in (GuidanceConfig(control="zero"), GuidanceConfig(estimator="none")):
+        with ad.guidance_hook(Guidance(_critic(ad), cfg)):
+            assert torch.equal(ad.lerobot_chunk(obs, noise=noise.clone()), base)
+
+
+def test_hook_never_changes_padded_velocity_dims(adapters):
+    ad = adapters["pi0"]
+    d = ad.spec.action_dim
+    calls = []
+
+    class Recording(Guidance):
+        def guided_velocity(self, step, objective, weight, diag):
+            out = super().guided_velocity(step, objective, weight, diag)
+            calls.append((step.velocity.clone(), out.clone()))
+            return out
+
+    with ad.guidance_hook(Recording(_critic(ad, 9), GuidanceConfig(scale=1.0))):
+        ad.lerobot_chunk(example_observation(ad.config, B, seed=10), noise=_noise(ad, 11))
+    assert len(calls) == ad.spec.num_steps
+    for v_in, v_out in calls:
+        assert torch.equal(v_out[..., d:], v_in[..., d:])
+        assert not torch.equal(v_out[..., :d], v_in[..., :d])
+
+
+def test_hook_works_when_caller_uses_inference_mode(adapters):
+    ad = adapters["pi05"]
+    critic = _critic(ad, 12)
+    obs, noise = example_observation(ad.config, B, seed=13), _noise(ad, 14)
+    with torch.inference_mode():
+        base = ad.lerobot_chunk(obs, noise=noise.clone())
+        with ad.guidance_hook(Guidance(critic, GuidanceConfig(scale=0.3))):
+            guided = ad.lerobot_chunk(obs, noise=noise.clone())
+    assert (critic({}, guided)[0] > critic({}, base)[0]).all()
+
+
+def test_detach_restores_the_policy(adapters):
+    ad = adapters["smolvla"]
+    model, backbone = ad.model, ad.backbone
+    before = (ad.config.rtc_config, model.rtc_processor, dict(model.__dict__), dict(backbone.__dict__))
+    hook = LeRobotGuidanceHook(ad, Guidance(_critic(ad), GuidanceConfig()))
+    with hook:
+        assert model.rtc_processor is hook and ad.config.rtc_config.enabled
+    assert ad.config.rtc_config is before[0] and model.rtc_processor is before[1]
+    assert "sample_actions" not in model.__dict__ and "forward" not in backbone.__dict__
+    assert set(model.__dict__) == set(before[2]) and set(backbone.__dict__) == set(before[3])
+
+
+@pytest.mark.parametrize("cfg", [dict(estimator="clean_jacobian"), dict(estimator="bptt"),
+                                 dict(trust_region=1.0), dict(posthoc_steps=2)])
+def test_hook_rejects_what_only_the_explicit_loop_can_do(adapters, cfg):
+    ad = adapters["pi0"]
+    with pytest.raises(ValueError, match="sample_chunks"):
+        LeRobotGuidanceHook(ad, Guidance(_critic(ad), GuidanceConfig(**cfg)))
