@@ -111,3 +111,30 @@ def test_bad_tables_give_clear_errors():
 def test_roc_auc_known_values():
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == pytest.approx(0.75)
     assert np.isnan(roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
+
+
+def test_wrong_action_dim_and_single_outcome_data_are_reported():
+    import warnings
+
+    from gaflow.critic import EnsembleMLPCritic
+    from gaflow.guidance import Guidance, GuidanceConfig
+    from gaflow.policies import GaussianFlowPolicy, PolicySpec
+    from gaflow.sampler import sample_chunks
+
+    a, b = synthetic_table(10), synthetic_table(10)
+    b.chunk = torch.zeros(len(b), 4, 3)
+    with pytest.raises(ValueError, match="chunk shapes"):
+        ChunkTable.concat([a, b])
+    policy = GaussianFlowPolicy(PolicySpec(4, 3, 3, "lerobot"))
+    critic = EnsembleMLPCritic({}, chunk_len=4, action_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match="action_dim 2"):
+        sample_chunks(policy, torch.zeros(1, 4, 3), guidance=Guidance(critic, GuidanceConfig()))
+    t = synthetic_table(30)
+    t.success = torch.ones_like(t.success)
+    t.steps_to_success = torch.full_like(t.steps_to_success, 4)
+    for e in t.episodes:
+        e["success"] = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_critic(t, CriticTrainConfig(features=("task",), hidden=(8,), epochs=1), progress=False)
+    assert any("every episode in the chunk table succeeded" in str(w.message) for w in caught)

@@ -104,6 +104,10 @@ def sample_chunks(
         raise ValueError("select='best' needs a critic: pass guidance (estimator='none' for selection only)")
 
     n, d, num_steps = cfg.num_candidates, spec.action_dim, cfg.num_steps or spec.num_steps
+    critic_dims = getattr(guidance.critic, "action_dim", None) if guidance is not None else None
+    if critic_dims is not None and critic_dims != d:
+        raise ValueError(f"the critic scores chunks with action_dim {critic_dims}, but the policy's real action "
+                         f"dim is {d}: train the critic on this policy's rollouts")
     features = policy.critic_features(context) if guidance is not None else None
     ctx = expand_context(context, n, policy)
     shape_tail = (spec.chunk_len, spec.padded_dim)

@@ -84,6 +84,9 @@ class ChunkTable:
             raise ValueError("cannot concatenate zero chunk tables")
         keys = set(tables[0].features)
         for t in tables[1:]:
+            if t.chunk.shape[1:] != tables[0].chunk.shape[1:] and len(t) and len(tables[0]):
+                raise ValueError(f"chunk tables have different chunk shapes (H, action_dim): "
+                                 f"{tuple(tables[0].chunk.shape[1:])} vs {tuple(t.chunk.shape[1:])}")
             if set(t.features) != keys:
                 raise ValueError(f"chunk tables have different features: {sorted(keys)} vs {sorted(t.features)}")
         cols: dict[str, list[torch.Tensor]] = {n: [] for n in REQUIRED}

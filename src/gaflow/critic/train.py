@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,8 +108,8 @@ def check_table(table: ChunkTable, cfg: CriticTrainConfig, action_dim: int | Non
         # Documented behaviour: a critic can still be trained (success-to-go varies with time-to-success), but it
         # cannot rank success against failure; warn loudly rather than fail.
         kind = "succeeded" if bool(s.all()) else "failed"
-        print(f"[gaflow] warning: every episode in the chunk table {kind}; the critic cannot learn to tell "
-              "success from failure (AUC undefined).")
+        warnings.warn(f"every episode in the chunk table {kind}: the critic can still fit success-to-go, but it "
+                      "cannot learn to tell success from failure (AUC is undefined)", UserWarning, stacklevel=3)
 
 
 def build_critic(cfg: CriticTrainConfig, feature_dims: dict[str, int], chunk_len: int, action_dim: int,
