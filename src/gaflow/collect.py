@@ -32,7 +32,7 @@ from safetensors import safe_open
 
 from gaflow.critic.data import ChunkTable
 from gaflow.envs.base import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
-from gaflow.io import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from gaflow.io import atomic_save_safetensors, atomic_write_text, job_folder
 from gaflow.jobs import chunked, run_batches
 
 
@@ -169,19 +169,9 @@ def read_episode(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True,
             write_dataset: bool = True) -> dict:
     """Run (or resume) a collection job. Returns a summary dict."""
-    out = Path(out)
     if not cfg.tasks or not cfg.seeds:
         raise ValueError("collect needs at least one task and one seed")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_file = out / "collect.json"
-    if cfg_file.exists():
-        previous = json.loads(cfg_file.read_text())
-        if previous != json.loads(json.dumps(cfg.key())):
-            diff = sorted(k for k in set(previous) | set(cfg.key()) if previous.get(k) != cfg.key().get(k))
-            raise ValueError(f"{out} holds a collection with a different config (fields {diff}); use another "
-                             "--out, or delete the folder to start over")
-    else:
-        atomic_write_json(cfg_file, cfg.key())
+    out = job_folder(out, cfg.key(), "collect.json")
     for stale in out.glob("episodes/*/.*.tmp"):  # left by a killed worker; never renamed into place
         stale.unlink()
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not episode_path(out, t, s).exists()]

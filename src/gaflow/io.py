@@ -38,3 +38,23 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
     from safetensors.torch import save_file
 
     return atomic_write(path, lambda p: save_file(tensors, p, metadata=metadata))
+
+
+def job_folder(out: str | os.PathLike, config: dict, filename: str) -> Path:
+    """Create the folder of a resumable job described by ``config`` (saved as ``filename``).
+
+    A re-run in the same folder must describe the same job: resuming never mixes two configurations.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / filename
+    cfg = json.loads(json.dumps(config))
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != cfg:
+            diff = sorted(k for k in set(previous) | set(cfg) if previous.get(k) != cfg.get(k))
+            raise ValueError(f"{out} holds a job with a different configuration (fields {diff}); use another "
+                             "output folder, or delete this one to start over")
+    else:
+        atomic_write_json(path, cfg)
+    return out

@@ -11,7 +11,6 @@ critic rollouts ``critic``, the sweep ``validation``, the final numbers ``test``
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from rich.console import Console
 from rich.rule import Rule
 
 from gaflow.evaluation.splits import DEFAULT_SPLITS
-from gaflow.io import atomic_write_json
+from gaflow.io import job_folder
 
 
 @dataclass
@@ -75,12 +74,7 @@ def preset(name: str, **overrides) -> PipelineConfig:
 
 def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None) -> dict:
     console = console or Console()
-    run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    cfg_file = run / "pipeline.json"
-    if cfg_file.exists() and json.loads(cfg_file.read_text()) != json.loads(json.dumps(cfg.to_dict())):
-        raise ValueError(f"{run} holds a run with a different configuration; choose another --out")
-    atomic_write_json(cfg_file, cfg.to_dict())
+    run = job_folder(run, cfg.to_dict(), "pipeline.json")
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 

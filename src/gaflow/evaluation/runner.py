@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from gaflow.evaluation.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
-from gaflow.io import atomic_write_json
+from gaflow.io import atomic_write_json, job_folder
 from gaflow.jobs import chunked, run_batches
 
 
@@ -154,16 +154,9 @@ def _mean_diag(diags: list[dict]) -> dict:
 
 def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True) -> list[dict]:
     """Run (or resume) a paired evaluation; returns per-episode records in (task, seed) order."""
-    out = Path(out)
     if not cfg.tasks or not cfg.seeds:
         raise ValueError("eval needs at least one task and one seed")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_file = out / "eval_config.json"
-    if cfg_file.exists():
-        if json.loads(cfg_file.read_text()) != json.loads(json.dumps(cfg.to_dict())):
-            raise ValueError(f"{out} holds an evaluation with a different config; use another --out")
-    else:
-        atomic_write_json(cfg_file, cfg.to_dict())
+    out = job_folder(out, cfg.to_dict(), "eval_config.json")
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not result_path(out, t, s).exists()]
     total = len(cfg.tasks) * len(cfg.seeds)
     wins = {a.name: 0 for a in cfg.arms}
