@@ -140,3 +140,10 @@ def test_hook_rejects_what_only_the_explicit_loop_can_do(adapters, cfg):
     ad = adapters["pi0"]
     with pytest.raises(ValueError, match="sample_chunks"):
         LeRobotGuidanceHook(ad, Guidance(_critic(ad), GuidanceConfig(**cfg)))
+
+
+def test_hook_refuses_a_critic_for_another_action_dim(adapters):
+    ad = adapters["smolvla"]
+    critic = EnsembleMLPCritic({"state": 6}, ad.spec.chunk_len, ad.spec.action_dim + 2, hidden=(8,), num_members=1)
+    with pytest.raises(ValueError, match="action_dim"):
+        LeRobotGuidanceHook(ad, Guidance(critic, GuidanceConfig()))

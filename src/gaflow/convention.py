@@ -29,6 +29,11 @@ def time_grid(convention: TimeConvention, num_steps: int) -> torch.Tensor:
     return grid.to(torch.float32)
 
 
+def step_size(convention: TimeConvention, num_steps: int) -> float:
+    """The Euler step ``dt`` as a Python float (LeRobot: ``−1/num_steps``), exactly as LeRobot's loop uses it."""
+    return (-1.0 if TimeConvention(convention) is TimeConvention.LEROBOT else 1.0) / num_steps
+
+
 def ascent_sign(convention: TimeConvention) -> float:
     """+1 if adding to the velocity moves samples along that direction (forward), −1 otherwise (LeRobot)."""
     return -1.0 if TimeConvention(convention) is TimeConvention.LEROBOT else 1.0

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from gaflow.convention import time_grid
+from gaflow.convention import step_size, time_grid
 from gaflow.guidance.config import Guidance
 from gaflow.guidance.diagnostics import GuidanceDiagnostics
 from gaflow.guidance.estimators import FlowStep, posthoc_ascent
@@ -164,7 +164,7 @@ def sample_chunks(
 
     for k in range(num_steps):
         t0, t1 = grid[k], grid[k + 1]
-        dt = (t1 - t0).to(x)
+        dt = step_size(spec.convention, num_steps)  # a Python float, as in LeRobot's euler_integrate
         t_vec = t0.to(x).expand(bn)
         if cfg.method == "euler":
             v = field(x, t_vec, k, True)

@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from gaflow.convention import clean_estimate
+from gaflow.convention import clean_estimate, step_size
 from gaflow.guidance.objective import CriticObjective, CriticValue
 from gaflow.policies.base import TimeConvention
 
@@ -75,7 +75,7 @@ def estimate(
         x, v_first = x0, None
         for k in range(step.step, len(step.grid) - 1):
             t = step.grid[k].to(x0).expand(x0.shape[0])
-            dt = (step.grid[k + 1] - step.grid[k]).to(x0)
+            dt = step_size(step.convention, len(step.grid) - 1)
             v = step.velocity_fn(x, t)
             v_first = v if v_first is None else v_first
             x = x + dt * v

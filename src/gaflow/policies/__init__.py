@@ -8,6 +8,7 @@ from gaflow.policies.base import (
 )
 from gaflow.policies.callable import CallablePolicy, ConventionFlip
 from gaflow.policies.gaussian import GaussianFlowPolicy
+from gaflow.policies.registry import load_policy
 
 __all__ = [
     "CallablePolicy",
@@ -17,4 +18,5 @@ __all__ = [
     "PolicySpec",
     "TimeConvention",
     "expand_context",
+    "load_policy",
 ]

@@ -61,6 +61,10 @@ class LeRobotGuidanceHook:
                 "GuidanceConfig.trust_region / posthoc_steps act on whole chunks; hook mode guides velocities "
                 "only — use gaflow.sampler.sample_chunks"
             )
+        critic_dims = getattr(guidance.critic, "action_dim", None)
+        if critic_dims is not None and critic_dims != adapter.spec.action_dim:
+            raise ValueError(f"the critic scores chunks with action_dim {critic_dims}, but the policy's real action "
+                             f"dim is {adapter.spec.action_dim}: train the critic on this policy's rollouts")
         self.adapter, self.guidance = adapter, guidance
         self.features: dict[str, torch.Tensor] | None = None  # (B, F) of the last chunk
         self.diagnostics: GuidanceDiagnostics | None = None  # (num_steps, B) of the last chunk
