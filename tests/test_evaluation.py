@@ -19,10 +19,10 @@ TASKS = ["toy-reach", "toy-reach-far"]
 @pytest.fixture(scope="module")
 def critic_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    collect(CollectConfig(policy="toy:default", env="toy", tasks=TASKS, seeds=DEFAULT_SPLITS.seeds("critic", 60)),
+    collect(CollectConfig(policy="toy:default", env="toy", tasks=TASKS, seeds=DEFAULT_SPLITS.seeds("critic", 40)),
             root / "collect", workers=1, progress=False, write_dataset=False)
     table = ChunkTable.load(root / "collect" / "chunks.safetensors")
-    train_critic(table, CriticTrainConfig(features=("state",), hidden=(64, 64), epochs=15, lr=1e-3),
+    train_critic(table, CriticTrainConfig(features=("state",), hidden=(64, 64), epochs=10, lr=1e-3),
                  out_dir=root / "critic", progress=False)
     return root / "critic"
 

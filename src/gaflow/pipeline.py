@@ -11,6 +11,7 @@ critic rollouts ``critic``, the sweep ``validation``, the final numbers ``test``
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,8 +140,12 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
         train_critic(table, CriticTrainConfig(features=tuple(cfg.critic_features), members=cfg.critic_members,
                                               epochs=cfg.critic_epochs, hidden=tuple(cfg.critic_hidden)),
                      out_dir=critic_dir)
-    rep = critic_report(critic_dir, run / "collect", critic_dir / "report", policy_spec=policy,
-                        guidance_cfg=GuidanceConfig(relative=cfg.grid[0]), max_states=32)
+    rep_file = critic_dir / "report" / "critic_report.json"
+    if rep_file.exists():
+        rep = json.loads(rep_file.read_text())
+    else:
+        rep = critic_report(critic_dir, run / "collect", critic_dir / "report", policy_spec=policy,
+                            guidance_cfg=GuidanceConfig(relative=cfg.grid[0]), max_states=32)
     console.print(f"critic AUC on held-out episodes {rep['auc']:.3f}; ‖Δv‖/‖v‖ median "
                   f"{rep.get('ratio_quantiles', {}).get('p50', float('nan')):.3g}")
     timings["critic"] = time.perf_counter() - t0

@@ -40,7 +40,7 @@ def train_policy_cmd(
     use_env_state: bool = typer.Option(False, help="also condition on the privileged 39-d simulator state"),
     image_size: int = typer.Option(84, help="image side the dataset and env use"),
     hidden_dim: int = typer.Option(256, help="context and action-expert width"),
-    expert_layers: int = typer.Option(3, help="FiLM residual blocks in the action expert"),
+    expert_layers: int = typer.Option(2, help="FiLM residual blocks in the action expert"),
     augment_shift: int = typer.Option(4, help="random-shift augmentation in pixels (0 = off)"),
     progress: bool = typer.Option(True, help="show the progress bar"),
 ) -> None:

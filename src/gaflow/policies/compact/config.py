@@ -50,7 +50,7 @@ class CompactPolicyConfig:
 
     # Action expert (FiLM-conditioned residual MLP over the flattened chunk)
     hidden_dim: int = 256  # width of the fused observation context and of the expert
-    expert_layers: int = 3
+    expert_layers: int = 2
     time_embed_dim: int = 64
 
     # Training-time choices that are part of the model (they travel with the checkpoint)

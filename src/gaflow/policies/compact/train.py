@@ -151,7 +151,7 @@ def load_demo_frames(
     one episode per call. Raises ``ValueError`` naming the folder and the feature when something is missing.
     Several folders (a list, or one string with commas) are concatenated; tasks are matched by their string.
     """
-    roots = [p for p in (root.split(",") if isinstance(root, str) else root if isinstance(root, list) else [root])]
+    roots = list(root) if isinstance(root, (list, tuple)) else str(root).split(",")
     kw = dict(need_images=need_images, need_env_state=need_env_state,
               max_episodes_per_task=max_episodes_per_task, successful_only=successful_only)
     parts = [_load_one(Path(str(r).strip()), **kw) for r in roots]
