@@ -112,10 +112,16 @@ def _build(cfg: CollectConfig, task: str):
 
 
 def _collect_worker(cfg_dict: dict, out: str, jobs: list[tuple[str, int]], threads: int) -> list[dict]:
+    from gaflow.jobs import torch_threads
+
+    with torch_threads(threads):
+        return _collect_worker_impl(cfg_dict, out, jobs)
+
+
+def _collect_worker_impl(cfg_dict: dict, out: str, jobs: list[tuple[str, int]]) -> list[dict]:
     """Run episodes and write each one atomically; returns their summaries."""
     from gaflow.rollouts import run_episode
 
-    torch.set_num_threads(threads)
     cfg = CollectConfig(**cfg_dict)
     built: dict[str, tuple] = {}
     summaries = []
@@ -184,8 +190,9 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
         counts["success"] += sum(x["success"] for x in summaries)
         return f"success {counts['success']}/{counts['done']}"
 
-    # small batches keep policy/env construction rare and the bar moving; one thread per worker process
-    batches = [(cfg.key(), str(out), b, 1 if workers > 1 else 2) for b in chunked(todo, 4)]
+    # small batches keep policy/env construction rare and the bar moving. One torch thread per episode loop,
+    # in-process too: small per-step ops with 2 threads spin-wait badly when the other core is busy (measured 6×).
+    batches = [(cfg.key(), str(out), b, 1) for b in chunked(todo, 4)]
     run_batches(_collect_worker, batches, workers=workers, label="collect", total=total,
                 completed=total - len(todo), progress=progress, on_result=status)
     elapsed = time.perf_counter() - t0

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from gaflow.evaluation.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
 from gaflow.io import atomic_write_json, job_folder
@@ -87,13 +86,19 @@ def result_path(out: Path, task: str, seed: int) -> Path:
 
 
 def _eval_worker(cfg_dict: dict, out: str, jobs: list[tuple[str, int]], threads: int) -> list[dict]:
+    from gaflow.jobs import torch_threads
+
+    with torch_threads(threads):
+        return _eval_worker_impl(cfg_dict, out, jobs)
+
+
+def _eval_worker_impl(cfg_dict: dict, out: str, jobs: list[tuple[str, int]]) -> list[dict]:
     from gaflow.collect import RecordingEnv
     from gaflow.guidance.config import Guidance, GuidanceConfig
     from gaflow.jobs import build_policy_env
     from gaflow.rollouts import run_episode
     from gaflow.sampler import SamplerConfig
 
-    torch.set_num_threads(threads)
     cfg = EvalConfig.from_dict(cfg_dict)
     critic = None
     if any(a.guidance is not None for a in cfg.arms):
@@ -167,7 +172,7 @@ def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress
                 wins[name] += int(a["success"])
         return " ".join(f"{k} {v}" for k, v in wins.items())
 
-    batches = [(cfg.to_dict(), str(out), b, 1 if workers > 1 else 2) for b in chunked(todo, 2)]
+    batches = [(cfg.to_dict(), str(out), b, 1) for b in chunked(todo, 2)]
     run_batches(_eval_worker, batches, workers=workers, label=f"eval [{cfg.split}]", total=total,
                 completed=total - len(todo), progress=progress, on_result=status)
     return [json.loads(result_path(out, t, s).read_text()) for t in cfg.tasks for s in cfg.seeds]
