@@ -58,8 +58,11 @@ PRESETS: dict[str, dict] = {
     "tiny": {"tasks": ["push"], "demos_per_task": 3, "image_size": 32, "max_steps": 40, "policy_steps": 20,
              "policy_batch_size": 16, "critic_episodes": 4, "validation_episodes": 2, "test_episodes": 2,
              "grid": [0.2], "critic_epochs": 3, "critic_hidden": [32], "critic_members": 2},
-    # `gaflow demo` with no arguments: ≤ 20 minutes on 2 cores
-    "default": {},
+    # `gaflow demo` with no arguments: the shipped compact policy on its mediocre task, ≤ 20 minutes on 2 cores
+    "default": {"policy": "compact:builtin", "tasks": ["hand-insert"], "critic_episodes": 50,
+                "validation_episodes": 20, "test_episodes": 50, "grid": [0.1, 0.3]},
+    # the same with demonstrations recorded and the policy trained from scratch (about an hour on 2 cores)
+    "scratch": {},
     # the study of BENCHMARKS.md: five mediocre tasks, 100 locked test episodes per task
     "study": {"tasks": ["push", "pick-place", "shelf-place", "hand-insert", "disassemble"], "demos_per_task": 60,
               "policy_steps": 8000, "critic_episodes": 100, "validation_episodes": 40, "test_episodes": 100,

@@ -20,6 +20,10 @@ def _load_lerobot(rest: str, **kwargs: Any):
 def _load_compact(rest: str, **kwargs: Any):
     from gaflow.policies.compact import CompactFlowPolicy
 
+    if rest == "builtin":  # the checkpoint shipped with gaflow (src/gaflow/assets/compact_metaworld/README.md)
+        from importlib.resources import files
+
+        rest = str(files("gaflow") / "assets" / "compact_metaworld")
     return CompactFlowPolicy.from_pretrained(rest, **kwargs)
 
 
@@ -32,7 +36,7 @@ def _load_toy(rest: str, **kwargs: Any):
 
 LOADERS: dict[str, Callable[..., Any]] = {
     "lerobot": _load_lerobot,
-    "compact": _load_compact,  # compact:<checkpoint dir> (gaflow train-policy)
+    "compact": _load_compact,  # compact:<checkpoint dir> (gaflow train-policy) or compact:builtin (shipped)
     "toy": _load_toy,  # toy:default or toy:std=0.9,gain=0.7 (analytic policy for toy-reach)
 }
 
