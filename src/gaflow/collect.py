@@ -133,6 +133,7 @@ def _collect_worker_impl(cfg_dict: dict, out: str, jobs: list[tuple[str, int]]) 
         policy, env, guidance, sampler = built[task]
         rec = run_episode(env, policy, seed=seed, sampler_config=sampler, guidance=guidance,
                           n_action_steps=cfg.n_action_steps, noise_generator_seed=cfg.noise_seed)
+        rec.task = task  # the job's task name (an env's own `task` attribute may be an object, e.g. LIBERO's)
         write_episode(Path(out), rec, env.frames, policy.spec.action_dim)
         summaries.append(rec.summary())
     for b in built.values():

@@ -40,7 +40,7 @@ def build_policy_env(policy_spec: str, env_spec: str, task: str, *, image_size: 
 
     policy = load_policy(policy_spec)
     opts: dict[str, Any] = {"max_steps": max_steps}
-    if env_spec == "metaworld":
+    if env_spec.partition("?")[0] == "metaworld":
         opts["image_size"] = image_size or getattr(getattr(policy, "config", None), "image_size", None)
     return policy, make_env(env_spec, task, **opts)
 

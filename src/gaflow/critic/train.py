@@ -85,6 +85,8 @@ def episode_split(table: ChunkTable, val_fraction: float, seed: int, held_out_ta
         n_val = int(round(len(eps) * val_fraction)) if len(eps) > 1 else 0
         val += eps[:n_val]
         train += eps[n_val:]
+    if not val and len(train) >= 2:  # tiny data: every (task, outcome) group had one episode
+        val.append(train.pop(int(rng.integers(len(train)))))
     if not train or not val:
         raise ValueError(f"need episodes on both sides of the split; got {len(train)} train, {len(val)} validation "
                          f"from {len(present)} episodes")

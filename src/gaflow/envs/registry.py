@@ -1,7 +1,8 @@
 """Environments by name, for commands that build them inside worker processes.
 
 ``make_env(env, task, **options)``: ``env`` is ``"metaworld"``, ``"libero:<suite>"`` (task = task id) or
-``"toy"``. Heavy simulators are imported only when asked for.
+``"toy"``, optionally followed by ``?key=value&...`` env options (e.g. ``libero:libero_spatial?cameras=1&image_size=64``
+for a camera policy). Heavy simulators are imported only when asked for.
 """
 
 from __future__ import annotations
@@ -9,7 +10,22 @@ from __future__ import annotations
 from typing import Any
 
 
+def _parse(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
 def make_env(env: str, task: str, **options: Any):
+    env, _, query = env.partition("?")
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"env option {item!r} in {env!r}: use key=value")
+        options[key] = _parse(value)
     kind, _, rest = env.partition(":")
     if kind == "toy":
         from gaflow.envs.toy import ToyReachEnv
@@ -23,6 +39,8 @@ def make_env(env: str, task: str, **options: Any):
         from gaflow.envs.libero import LiberoEnv
 
         suite = rest or "libero_spatial"
-        opts = {k: v for k, v in options.items() if v is not None and k != "image_size"}
+        opts = {k: v for k, v in options.items() if v is not None}
+        if "cameras" in opts:
+            opts["cameras"] = bool(opts["cameras"])
         return LiberoEnv(suite, int(task), **opts)
     raise ValueError(f"unknown env {env!r}: use 'metaworld', 'libero:<suite>' or 'toy'")

@@ -76,6 +76,7 @@ class PickPlaceConfig:
     min_finger_clearance: float = 0.012  # grasp point above the object's bottom
     bowl_grasp_radius: float = 0.048
     bowl_grasp_depth: float = 0.02
+    hand_height: float = 0.05  # bottom of the Panda hand body above the grasp point
     ray_angles: int = 16
     max_regrasps: int = 2
     drop_distance: float = 0.08  # object farther than this from the hand while carrying = dropped
@@ -323,21 +324,32 @@ class PickPlaceExpert:
                 radial = np.array([np.cos(theta), np.sin(theta)])
                 tangent = np.array([-radial[1], radial[0]])
                 height = NO_OBSTACLE
-                for d in (0.015, 0.03, 0.045):
-                    for w in (-0.012, 0.0, 0.012):
+                # The open outer finger spans ~1.5–6 cm beyond the grasp point and ~±1.5 cm sideways.
+                for d in (0.015, 0.03, 0.045, 0.06):
+                    for w in (-0.015, 0.0, 0.015):
                         p = centre[:2] + (cfg.bowl_grasp_radius + d) * radial + w * tangent
                         height = max(height, self._obstacle_height(p, rim + 0.25))
+                # The hand body sits ~5 cm above the grasp point and spans ~±10 cm along the closing axis: it
+                # must clear tall neighbours (the cabinet next to a bowl).
+                hand_bottom = rim - cfg.bowl_grasp_depth + cfg.hand_height
+                hand_top = NO_OBSTACLE
+                for u in (-0.10, -0.05, 0.05, 0.10):
+                    for w in (-0.03, 0.03):
+                        p = centre[:2] + (cfg.bowl_grasp_radius + u) * radial + w * tangent
+                        hand_top = max(hand_top, self._obstacle_height(p, rim + 0.25))
+                hand_hit = max(0.0, hand_top - hand_bottom)
                 yaw = _wrap_yaw(theta, current_yaw)
                 # The hand stays on this side of the bowl at the target too: the farther side can leave the
                 # Panda at full stretch (elbow at its joint limit) above a far plate.
                 offset = cfg.bowl_grasp_radius * radial
                 reach = max(np.linalg.norm(centre[:2] + offset - base_xy), np.linalg.norm(target_xy + offset - base_xy))
-                # Lowest obstacle first (1 cm bins), then the shorter reach (2 cm bins), then the smaller wrist turn.
-                key = (round(height / 0.01), round(reach / 0.02), abs(yaw - current_yaw), theta)
-                if best is None or key[:3] < best[:3]:
+                # Hand clear first, then the lowest obstacle under the outer finger (1 cm bins), then the shorter
+                # reach (2 cm bins), then the smaller wrist turn.
+                key = (round(hand_hit / 0.01), round(height / 0.01), round(reach / 0.02), abs(yaw - current_yaw), theta)
+                if best is None or key[:4] < best[:4]:
                     best = key
             assert best is not None
-            theta = best[3]
+            theta = best[4]
             xy = centre[:2] + cfg.bowl_grasp_radius * np.array([np.cos(theta), np.sin(theta)])
             grasp = np.array([xy[0], xy[1], rim - cfg.bowl_grasp_depth])
             return _Plan(grasp, _wrap_yaw(theta, current_yaw))
