@@ -267,3 +267,12 @@ def test_several_dataset_folders_concatenate_with_tasks_matched_by_string(datase
         assert both.tasks[int(both.task_index[i])] == frames.tasks[int(frames.task_index[j])]
     idx, pad = both.chunk_indices(4)
     assert (both.episode_index[idx] == both.episode_index.unsqueeze(1)).all()
+
+
+def test_dataset_entry_can_keep_only_some_tasks(dataset, frames):
+    only = load_demo_frames(f"{dataset}::{TASKS[1]}")
+    assert only.tasks == [TASKS[1]]
+    assert len(only) == int((frames.task_index == frames.tasks.index(TASKS[1])).sum())
+    assert (only.task_index == 0).all()
+    with pytest.raises(ValueError, match="has no task"):
+        load_demo_frames(f"{dataset}::no such task")

@@ -150,11 +150,15 @@ def load_demo_frames(
     Images stored in parquet (``use_videos=False``) are decoded from PNG once; images stored as video are decoded
     one episode per call. Raises ``ValueError`` naming the folder and the feature when something is missing.
     Several folders (a list, or one string with commas) are concatenated; tasks are matched by their string.
+    ``path::push+pick-place`` keeps only those tasks of that folder (MetaWorld names or task strings).
     """
     roots = list(root) if isinstance(root, (list, tuple)) else str(root).split(",")
     kw = dict(need_images=need_images, need_env_state=need_env_state,
               max_episodes_per_task=max_episodes_per_task, successful_only=successful_only)
-    parts = [_load_one(Path(str(r).strip()), **kw) for r in roots]
+    parts = []
+    for entry in roots:
+        path, _, only = str(entry).strip().partition("::")
+        parts.append(_load_one(Path(path), only=[t for t in only.split("+") if t] or None, **kw))
     if len(parts) == 1:
         return parts[0]
     tasks = sorted({t for p in parts for t in p.tasks})
@@ -181,6 +185,7 @@ def _load_one(
     need_env_state: bool,
     max_episodes_per_task: int | None,
     successful_only: bool,
+    only: list[str] | None = None,
 ) -> DemoFrames:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -195,6 +200,9 @@ def _load_one(
     tasks = [str(name) for name in sorted(tasks_df.index, key=lambda s: int(tasks_df.loc[s, "task_index"]))]
 
     keep = torch.ones(len(episode_index), dtype=torch.bool)
+    if only is not None:
+        wanted = [_match_task(t, tasks, r) for t in only]
+        keep &= torch.isin(task_index, torch.tensor(wanted, dtype=torch.long))
     if successful_only:
         if "episode.success" not in hf.column_names:
             raise ValueError(f"dataset {r} has no feature 'episode.success' (needed by successful_only)")
@@ -217,16 +225,34 @@ def _load_one(
     images = None
     if need_images:
         images = _load_images(ds, hf, r)[rows]
+    used = sorted(set(task_index[rows].tolist()))  # keep only the tasks that remain, re-indexed
+    remap = torch.full((len(tasks),), -1, dtype=torch.long)
+    remap[torch.tensor(used)] = torch.arange(len(used))
     return DemoFrames(
         images=images,
         state=col(STATE_KEY),
         env_state=col(ENV_STATE_KEY) if need_env_state else None,
         actions=col(ACTION_KEY),
         episode_index=episode_index[rows],
-        task_index=task_index[rows],
-        tasks=tasks,
-        root=r,
+        task_index=remap[task_index[rows]],
+        tasks=[tasks[i] for i in used],
+        root=r + (f"::{'+'.join(only)}" if only else ""),
     )
+
+
+def _match_task(name: str, tasks: list[str], root: str) -> int:
+    """Index of task ``name`` in a dataset's task strings: the string itself or a MetaWorld task name."""
+    if name in tasks:
+        return tasks.index(name)
+    try:
+        from gaflow.envs.metaworld import TASK_DESCRIPTIONS, task_name
+
+        desc = TASK_DESCRIPTIONS[task_name(name)]
+    except (ImportError, ValueError, KeyError):
+        desc = None
+    if desc in tasks:
+        return tasks.index(desc)
+    raise ValueError(f"dataset {root} has no task {name!r}; its tasks are {tasks}")
 
 
 def _load_images(ds, hf, root: str) -> torch.Tensor:
