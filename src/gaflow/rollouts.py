@@ -161,24 +161,26 @@ def parse_seeds(text: str) -> list[int]:
 # ---------------------------------------------------------------------------------------------- evaluation
 def _evaluate_worker(args: tuple) -> list[dict[str, Any]]:
     policy_dir, task, seeds, n_action_steps, num_steps, noise_seed, camera, max_steps, threads = args
-    torch.set_num_threads(threads)
     from gaflow.envs.metaworld import DEFAULT_CAMERA, MetaWorldEnv
+    from gaflow.jobs import torch_threads
     from gaflow.policies.compact import CompactFlowPolicy
 
-    policy = CompactFlowPolicy.from_pretrained(policy_dir)
-    env = MetaWorldEnv(task, image_size=policy.config.image_size, camera=camera or DEFAULT_CAMERA,
-                       max_steps=max_steps)
-    out = []
-    try:
-        for seed in seeds:
-            t0 = time.perf_counter()
-            rec = run_episode(env, policy, seed=seed, sampler_config=SamplerConfig(num_steps=num_steps),
-                              n_action_steps=n_action_steps, noise_generator_seed=noise_seed, record=True)
-            s = rec.summary()
-            s["wall_s"] = time.perf_counter() - t0
-            out.append(s)
-    finally:
-        env.close()
+    with torch_threads(threads):
+        policy = CompactFlowPolicy.from_pretrained(policy_dir)
+        env = MetaWorldEnv(task, image_size=policy.config.image_size, camera=camera or DEFAULT_CAMERA,
+                           max_steps=max_steps)
+        out = []
+        try:
+            for seed in seeds:
+                t0 = time.perf_counter()
+                rec = run_episode(env, policy, seed=seed, sampler_config=SamplerConfig(num_steps=num_steps),
+                                  n_action_steps=n_action_steps, noise_generator_seed=noise_seed, record=True)
+                s = rec.summary()
+                s["task"] = task  # the job's task name, used to group results
+                s["wall_s"] = time.perf_counter() - t0
+                out.append(s)
+        finally:
+            env.close()
     return out
 
 
@@ -200,32 +202,18 @@ def evaluate_policy(
     ``workers > 1`` runs episodes in separate processes (``forkserver``: a process that has rendered must not fork
     its GL context), each single-threaded.
     """
-    from rich.progress import Progress
+    from gaflow.jobs import run_batches
 
     jobs = []
     per_job = max(1, math.ceil(len(seeds) / max(1, workers * 2))) if workers > 1 else len(seeds)
     for task in tasks:
         for i in range(0, len(seeds), per_job):
-            jobs.append((policy_dir, task, seeds[i: i + per_job], n_action_steps, num_steps, noise_seed, camera,
-                         max_steps, 1))
+            jobs.append(((policy_dir, task, seeds[i: i + per_job], n_action_steps, num_steps, noise_seed, camera,
+                          max_steps, 1),))
     results: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
-    with Progress(disable=not progress) as bar:
-        handle = bar.add_task("eval-policy", total=len(tasks) * len(seeds))
-        if workers <= 1:
-            for job in jobs:
-                out = _evaluate_worker(job)
-                results[job[1]].extend(out)
-                bar.advance(handle, len(out))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("forkserver")) as pool:
-                futures = {pool.submit(_evaluate_worker, job): job for job in jobs}
-                for fut in as_completed(futures):
-                    out = fut.result()
-                    results[futures[fut][1]].extend(out)
-                    bar.advance(handle, len(out))
+    for summary in run_batches(_evaluate_worker, jobs, workers=workers, label="eval-policy",
+                               total=len(tasks) * len(seeds), progress=progress):
+        results[summary["task"]].append(summary)
     for t in tasks:
         results[t].sort(key=lambda s: s["seed"])
     return results
