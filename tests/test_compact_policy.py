@@ -276,3 +276,18 @@ def test_dataset_entry_can_keep_only_some_tasks(dataset, frames):
     assert (only.task_index == 0).all()
     with pytest.raises(ValueError, match="has no task"):
         load_demo_frames(f"{dataset}::no such task")
+
+
+def test_shipped_builtin_checkpoint_loads_and_knows_its_six_tasks():
+    """compact:builtin is the policy `gaflow demo` uses: it must load offline, use the inputs its README states, and
+    carry the embedding of every task it was trained on (so no text model is needed at run time)."""
+    from gaflow.envs.metaworld import TASK_DESCRIPTIONS
+    from gaflow.policies.registry import load_policy
+
+    policy = load_policy("compact:builtin")
+    assert isinstance(policy, CompactFlowPolicy)
+    cfg = policy.config
+    assert (cfg.use_image, cfg.use_env_state, cfg.image_size, cfg.action_dim) == (True, True, 84, 4)
+    for task in ("push", "pick-place", "push-wall", "hand-insert", "disassemble", "shelf-place"):
+        assert TASK_DESCRIPTIONS[task] in policy.text_encoder.cache, task
+    assert not any(p.requires_grad for p in policy.parameters())

@@ -26,3 +26,35 @@ def test_tiny_demo_pipeline_runs_end_to_end_and_resumes(tmp_path):
     # a second run resumes: every stage is found complete and the result is unchanged
     again = run_pipeline(cfg, tmp_path, console=console)
     assert again["metrics"]["pooled"]["unguided"] == out["metrics"]["pooled"]["unguided"]
+
+
+def test_heldout_task_critic_is_trained_without_those_tasks_and_tested_only_on_them(tmp_path):
+    cfg = preset("toy", critic_episodes=40, validation_episodes=20, test_episodes=30, critic_epochs=10,
+                 heldout_tasks=["toy-reach-far"], workers=1)
+    out = run_pipeline(cfg, tmp_path, console=Console(quiet=True))
+    info = json.loads((tmp_path / "critic_heldout" / "critic.json").read_text())
+    assert info["config"]["held_out_tasks"] == ["toy-reach-far"] and info["split"]["held_out"]
+    from gaflow.critic.data import ChunkTable
+
+    table = ChunkTable.load(tmp_path / "collect" / "chunks.safetensors")
+    trained_on = {table.episodes[e]["task"] for e in info["split"]["train"] + info["split"]["validation"]}
+    assert trained_on == {"toy-reach"}
+    metrics = json.loads((tmp_path / "test_heldout" / "metrics.json").read_text())
+    assert set(metrics["per_task"]) == {"toy-reach-far"} and set(metrics["pooled"]) == {"unguided", "guided"}
+    assert metrics["split"] == "test" and metrics["critic_trained_without"] == ["toy-reach-far"]
+    # the held-out arms run at the strength the main sweep locked, and the unguided arm equals the main study's
+    assert metrics["config"]["arms"][1]["guidance"]["relative"] == out["locked"]["guidance"]["relative"]
+    main = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    same = ("n", "successes", "rate", "mean_length")
+    assert ({k: metrics["per_task"]["toy-reach-far"]["unguided"][k] for k in same}
+            == {k: main["per_task"]["toy-reach-far"]["unguided"][k] for k in same})
+    assert 0.0 <= out["heldout"]["critic_auc_unseen"]["toy-reach-far"] <= 1.0
+
+
+def test_heldout_tasks_must_be_pipeline_tasks_and_leave_one_to_train_on():
+    import pytest
+
+    with pytest.raises(ValueError, match="heldout_tasks"):
+        preset("toy", heldout_tasks=["push"])
+    with pytest.raises(ValueError, match="every task"):
+        preset("toy", heldout_tasks=["toy-reach", "toy-reach-far"])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from gaflow.critic.data import ChunkTable
-from gaflow.critic.quality import critic_quality, critic_values
+from gaflow.critic.quality import critic_quality, critic_values, roc_auc
 from gaflow.io import atomic_write_json
 
 NEGLIGIBLE_RATIO = 0.01  # median ‖Δv‖/‖v‖ below this: guidance cannot change the chunk
@@ -144,6 +144,9 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, policy_spec: s
     quality = critic_quality(critic, table, rows, info["config"]["target"])
     q = critic_values(critic, table, rows).mean(0).numpy()
     labels = table.success[rows].bool().numpy()
+    row_tasks = np.array(table.row_tasks())[rows.numpy()]
+    # per task: for a critic trained with held_out_tasks, the AUC on the tasks it never saw
+    auc_per_task = {t: roc_auc(q[row_tasks == t], labels[row_tasks == t]) for t in sorted(set(row_tasks.tolist()))}
     strength, verdict, warning = None, "not measured", None
     if policy_spec is not None and guidance_cfg is not None:
         from gaflow.policies.registry import load_policy
@@ -152,7 +155,7 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, policy_spec: s
         pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_states]]
         strength = guidance_strength(policy, critic, guidance_cfg, observations_at(collect_dir, table, pick))
         verdict, warning = strength_verdict(strength["ratio"])
-    report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label, **quality,
+    report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label, **quality, "auc_per_task": auc_per_task,
               "guidance_config": guidance_cfg.to_dict() if guidance_cfg is not None else None,
               "strength_verdict": verdict, "strength_warning": warning}
     if strength is not None:
