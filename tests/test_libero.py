@@ -147,7 +147,12 @@ def test_observation_contract(envs):
     assert names[:3] == ["akita_black_bowl_1.pos.x", "akita_black_bowl_1.pos.y", "akita_black_bowl_1.pos.z"]
     assert obs["task"] == env.language and "plate" in obs["task"]
     with pytest.raises(ValueError, match="init_index"):
-        env.reset(50)
+        env.reset(50, 0)
+    # one number is an episode seed: 53 = init state 3 with noise seed 1
+    start = env.reset(53)["observation.environment_state"]
+    assert (env.init_index, env.noise_seed) == (3, 1)
+    np.testing.assert_array_equal(start, env.reset(3, 1)["observation.environment_state"])
+    assert not np.array_equal(start, env.reset(4, 1)["observation.environment_state"])
     with pytest.raises(ValueError, match="action"):
         env.step(np.zeros(6))
 

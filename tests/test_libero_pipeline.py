@@ -47,3 +47,28 @@ def test_libero_collect_critic_eval_with_a_tiny_lerobot_smolvla(tmp_path):
     arms = records[0]["arms"]
     assert arms["guided"]["guidance"]["ratio_median"] == pytest.approx(0.1, rel=1e-3)
     assert arms["zero"]["length"] == arms["unguided"]["length"] == 6
+
+
+def test_libero_study_pipeline_runs_end_to_end_at_a_tiny_size(tmp_path):
+    """`gaflow demo --preset libero-tiny`: expert demos on critic inits only → state-based compact policy → rollouts
+    → critic → validation sweep → locked test, with every split drawn from LIBERO's init-state split."""
+    import json
+
+    from rich.console import Console
+
+    from gaflow.evaluation.splits import LIBERO_SPLITS
+    from gaflow.pipeline import preset, run_pipeline
+
+    torch.set_num_threads(1)
+    cfg = preset("libero-tiny")
+    out = run_pipeline(cfg, tmp_path, console=Console(quiet=True))
+    sidecar = json.loads((tmp_path / "demos" / "meta" / "gaflow_libero.json").read_text())
+    assert [e["init_index"] for e in sidecar["episodes"]] == [0, 1]  # demos come from the critic inits
+    pol = json.loads((tmp_path / "policy" / "config.json").read_text())["policy"]
+    assert (pol["use_image"], pol["use_env_state"], pol["action_dim"], pol["state_dim"], pol["env_state_dim"]) == (
+        False, True, 7, 8, 39)
+    sweep = json.loads((tmp_path / "sweep" / "locked.json").read_text())
+    assert all(LIBERO_SPLITS.which(s) == "validation" for s in sweep["seeds"])
+    metrics = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert metrics["seed_range"] == "35–36" and metrics["unpaired_episodes"] == []
+    assert set(out["metrics"]["pooled"]) == {"unguided", "guided", "zero", "random"}

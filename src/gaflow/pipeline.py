@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.rule import Rule
 
-from gaflow.evaluation.splits import DEFAULT_SPLITS
+from gaflow.evaluation.splits import split_for_env
 from gaflow.io import job_folder
 
 
@@ -83,7 +83,26 @@ PRESETS: dict[str, dict] = {
               "tasks": ["push", "pick-place", "push-wall", "hand-insert", "disassemble", "shelf-place"],
               "critic_episodes": 80, "validation_episodes": 30, "test_episodes": 100, "grid": [0.1, 0.2, 0.4],
               "heldout_tasks": ["push-wall", "shelf-place"]},
+    # LIBERO (issue #6, BENCHMARKS.md §11): scripted-expert demos (σ 0.3) on init states 0–24 → state-based compact
+    # policy over three libero_spatial tasks → critic on tasks 0 and 1 (+ one over all three) → validation inits
+    # 25–34 → locked test on inits 35–49 (5 noise repeats each); task 5 is the held-out task
+    "libero": {"env": "libero:libero_spatial", "tasks": ["0", "1", "5"], "demos_per_task": 50, "demo_noise": 0.3,
+               "policy_steps": 4000, "critic_episodes": 75, "validation_episodes": 20, "test_episodes": 75,
+               "grid": [0.1, 0.2, 0.4], "critic_features": ["observation", "task", "state"],
+               "heldout_tasks": ["5"]},
+    # CI: the LIBERO study end to end at a tiny size (plumbing only)
+    "libero-tiny": {"env": "libero:libero_spatial", "tasks": ["0"], "demos_per_task": 2, "demo_noise": 0.0,
+                    "max_steps": 12, "policy_steps": 20, "policy_batch_size": 16, "critic_episodes": 3,
+                    "validation_episodes": 1, "test_episodes": 2, "grid": [0.2], "critic_epochs": 3,
+                    "critic_hidden": [32], "critic_members": 2, "workers": 1},
 }
+
+
+DEMO_NOISE_SEED = 1000  # LIBERO demonstrations: expert-noise seeds apart from the rollouts' (seed // 50 < 1000)
+
+
+def libero_suite(env: str) -> str:
+    return env.split("?", 1)[0].split(":", 1)[1] if ":" in env.split("?", 1)[0] else "libero_spatial"
 
 
 def preset(name: str, **overrides) -> PipelineConfig:
@@ -104,33 +123,49 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
 
     # 1–2. base policy: given, or demonstrations + compact policy training
     policy = cfg.policy
+    splits = split_for_env(cfg.env)
+    libero = cfg.env.split(":", 1)[0] == "libero"
     if policy is None:
-        if cfg.env != "metaworld":
-            raise ValueError("training the compact policy is wired for MetaWorld; pass policy= for other envs")
         t0 = stage("1/7 demonstrations", f"{cfg.demos_per_task} noisy-expert episodes per task, σ={cfg.demo_noise}")
         demos = run / "demos"
-        if not (demos / "meta" / "info.json").exists():
+        if (demos / "meta" / "info.json").exists():
+            console.print("demonstrations exist — skipped")
+        elif libero:  # the scripted LIBERO expert, on the critic split's init states only (never validation/test)
+            from gaflow.cli.libero import LiberoDemoConfig, record_libero_demos
+
+            a, b = splits.ranges["critic"]
+            record_libero_demos(LiberoDemoConfig(suite=libero_suite(cfg.env), tasks=tuple(int(t) for t in cfg.tasks),
+                                                 episodes_per_task=cfg.demos_per_task, noise=cfg.demo_noise,
+                                                 noise_seed=DEMO_NOISE_SEED, inits=tuple(range(a, b)), out=demos),
+                                console)
+        elif cfg.env == "metaworld":
             from gaflow.data.demos import DemoConfig, write_demos
 
             write_demos(DemoConfig(tasks=list(cfg.tasks), episodes_per_task=cfg.demos_per_task, noise=cfg.demo_noise,
-                                   seed_start=DEFAULT_SPLITS.ranges["demos"][0], out=demos,
+                                   seed_start=splits.ranges["demos"][0], out=demos,
                                    image_size=cfg.image_size, max_steps=cfg.max_steps))
         else:
-            console.print("demonstrations exist — skipped")
+            raise ValueError(f"training the compact policy is wired for MetaWorld and LIBERO, not {cfg.env!r}; "
+                             "pass policy= for other envs")
         timings["demos"] = time.perf_counter() - t0
-        t0 = stage("2/7 base policy", f"compact flow VLA, {cfg.policy_steps} steps")
+        inputs = "proprio + simulator state" if libero else "image + proprio" + (" + env state" if cfg.policy_env_state
+                                                                                 else "")
+        t0 = stage("2/7 base policy", f"compact flow VLA ({inputs}, language), {cfg.policy_steps} steps")
         pol_dir = run / "policy"
         if not (pol_dir / "model.safetensors").exists():
             from gaflow.policies.compact.config import CompactPolicyConfig
             from gaflow.policies.compact.train import TrainConfig, train_policy
 
+            # LIBERO is state-based: rendering its 300k-face scenes costs ~100 ms per camera per step here
+            # (docs/envs.md), which the rollout budget of a study cannot pay
+            pcfg = CompactPolicyConfig(image_size=cfg.image_size, use_image=not libero,
+                                       use_env_state=cfg.policy_env_state or libero)
             train_policy(TrainConfig(dataset=str(demos), out=str(pol_dir), steps=cfg.policy_steps,
                                      batch_size=cfg.policy_batch_size, resume=True,
                                      checkpoint_every=max(1, min(1000, cfg.policy_steps // 3)),
                                      warmup_steps=min(500, max(1, cfg.policy_steps // 10)),
-                                     lr=cfg.policy_lr, num_threads=1,
-                                     policy=CompactPolicyConfig(image_size=cfg.image_size,
-                                                                use_env_state=cfg.policy_env_state)))
+                                     lr=cfg.policy_lr, num_threads=1, state_std_floor=0.01 if libero else 0.0,
+                                     policy=pcfg))
         else:
             console.print("policy exists — skipped")
         timings["policy"] = time.perf_counter() - t0
@@ -141,7 +176,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
 
     t0 = stage("3/7 rollouts", f"{cfg.critic_episodes} episodes per task on the 'critic' seeds")
     ccfg = CollectConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks),
-                         seeds=DEFAULT_SPLITS.seeds("critic", cfg.critic_episodes), max_steps=cfg.max_steps,
+                         seeds=splits.seeds("critic", cfg.critic_episodes), max_steps=cfg.max_steps,
                          record_images=True)  # the critic report re-encodes recorded observations
     summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True)
     console.print(f"base-policy success on critic seeds: {summary['success_rate']:.1%} over {summary['episodes']} "
@@ -177,7 +212,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     from gaflow.evaluation.sweep import load_locked, run_sweep
 
     t0 = stage("5/7 validation sweep", f"relative strength ρ ∈ {cfg.grid}, {cfg.validation_episodes} seeds/task")
-    val_seeds = DEFAULT_SPLITS.seeds("validation", cfg.validation_episodes, purpose="tune")
+    val_seeds = splits.seeds("validation", cfg.validation_episodes, purpose="tune")
     sweep_dir = run / "sweep"
     if not (sweep_dir / "locked.json").exists():
         ev = EvalConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks), seeds=val_seeds, split="validation",
@@ -236,7 +271,7 @@ def locked_test(cfg: PipelineConfig, policy: str, critic_dir: Path, tasks: list[
     from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
     from gaflow.evaluation.sweep import record_test_use
 
-    test_seeds = DEFAULT_SPLITS.seeds("test", cfg.test_episodes)
+    test_seeds = split_for_env(cfg.env).seeds("test", cfg.test_episodes)
     ev = EvalConfig(policy=policy, env=cfg.env, tasks=tasks, seeds=test_seeds, split="test",
                     arms=standard_arms(locked["guidance"], arms), critic=str(critic_dir), max_steps=cfg.max_steps)
     records = run_eval(ev, out, workers=cfg.workers)

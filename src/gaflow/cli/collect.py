@@ -34,9 +34,9 @@ def collect(
     """Run POLICY on (task, seed) episodes and write episodes, a chunk table and a LeRobotDataset to OUT."""
     from gaflow.collect import CollectConfig
     from gaflow.collect import collect as run_collect
-    from gaflow.evaluation.splits import resolve_seeds
+    from gaflow.evaluation.splits import resolve_seeds, split_for_env
 
-    seed_list, split_name = resolve_seeds(seeds)
+    seed_list, split_name = resolve_seeds(seeds, split_for_env(env))
     cfg = CollectConfig(
         policy=policy, env=env, tasks=[t.strip() for t in tasks.split(",") if t.strip()], seeds=seed_list,
         guidance=json.loads(guidance.read_text()) if guidance else None, critic=str(critic) if critic else None,

@@ -11,7 +11,7 @@ from gaflow.cli import app
 
 @app.command()
 def demo(
-    preset: str = typer.Option("default", help="toy (minutes, no simulator) | tiny (CI plumbing) | default (shipped policy, ≤20 min) | scratch (demos + training) | study"),
+    preset: str = typer.Option("default", help="toy (minutes, no simulator) | tiny (CI plumbing) | default (shipped policy, ≤20 min) | scratch (demos + training) | study (six tasks, held-out-task critic) | libero (LIBERO study) | libero-tiny"),
     out: Path = typer.Option(None, help="run folder (default: runs/demo-<preset>); re-running resumes"),
     tasks: str = typer.Option(None, help="override the preset's tasks (comma-separated)"),
     policy: str = typer.Option(None, help="use this base policy instead of training one (e.g. compact:<dir>)"),

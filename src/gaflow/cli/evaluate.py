@@ -44,10 +44,10 @@ def sweep(
     """Tune guidance on VALIDATION seeds by a declared rule and lock the chosen config."""
     from gaflow.evaluation.report import plot_sweep, print_eval
     from gaflow.evaluation.runner import EvalConfig
-    from gaflow.evaluation.splits import resolve_seeds
+    from gaflow.evaluation.splits import resolve_seeds, split_for_env
     from gaflow.evaluation.sweep import RULE, grid_configs, run_sweep
 
-    seed_list, split = resolve_seeds(seeds, purpose="tune")
+    seed_list, split = resolve_seeds(seeds, split_for_env(env), purpose="tune")
     configs = grid_configs(json.loads(base.read_text()) if base else {}, _grid(grid))
     ev = EvalConfig(policy=policy, env=env, tasks=_list(tasks), seeds=seed_list, split=split, critic=str(critic),
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps)
@@ -82,10 +82,10 @@ def eval_cmd(
     """Compare arms on the same (task, seed) episodes; per-task and pooled rates, CIs, McNemar, flips, latency."""
     from gaflow.evaluation.report import print_eval, write_eval_report
     from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
-    from gaflow.evaluation.splits import resolve_seeds
+    from gaflow.evaluation.splits import resolve_seeds, split_for_env
     from gaflow.evaluation.sweep import load_locked, record_test_use
 
-    seed_list, split = resolve_seeds(seeds)
+    seed_list, split = resolve_seeds(seeds, split_for_env(env))
     arm_names = _list(arms)
     guided_cfg, lock_meta, lk = None, None, None
     if locked is not None:

@@ -4,7 +4,8 @@ load config → build env + expert → roll out every (task, episode) camera-fre
 actions in a camera env after a hard reset to record images → write the dataset to a temporary folder → rename it
 into place.
 
-Episode ``k`` of a task starts from init state ``k mod 50`` with noise seed ``noise_seed + k // 50``; the pair is
+Episode ``k`` of a task starts from init state ``inits[k mod len(inits)]`` (default: all 50) with noise seed
+``noise_seed + k // len(inits)``; the pair is
 stored with every frame (``episode.seed`` = init index, ``episode.noise_seed``) so the episode can be replayed.
 
 Features (per frame; ``task`` is the instruction):
@@ -54,6 +55,7 @@ class LiberoDemoConfig:
     episodes_per_task: int = 20
     noise: float = 0.3  # Gaussian action-noise σ added to the expert
     noise_seed: int = 0
+    inits: tuple[int, ...] | None = None  # init-state indices to cycle through (None: all; keep test inits out)
     out: Path = Path("data/libero_demos")
     cameras: bool = False
     image_size: int = 128
@@ -75,11 +77,13 @@ class LiberoDemoConfig:
             raise ValueError(f"noise must be >= 0, got {self.noise}")
         if self.image_size <= 0:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
+        if self.inits is not None and (not self.inits or not all(0 <= int(i) < 50 for i in self.inits)):
+            raise ValueError(f"inits must be non-empty init-state indices in [0, 50), got {self.inits}")
 
 
-def episode_name(k: int, num_init_states: int, noise_seed: int) -> tuple[int, int]:
-    """Episode ``k`` of a task → (init index, noise seed)."""
-    return k % num_init_states, noise_seed + k // num_init_states
+def episode_name(k: int, inits: list[int] | tuple[int, ...], noise_seed: int) -> tuple[int, int]:
+    """Episode ``k`` of a task → (init index, noise seed), cycling through ``inits``."""
+    return int(inits[k % len(inits)]), noise_seed + k // len(inits)
 
 
 def _features(env_state_dim: int, cameras: bool, image_size: int) -> dict[str, dict[str, Any]]:
@@ -170,7 +174,8 @@ def record_libero_demos(cfg: LiberoDemoConfig, console: Console | None = None) -
                            if cfg.cameras else None)
                 try:
                     for k in range(cfg.episodes_per_task):
-                        init, nseed = episode_name(k, env.num_init_states, cfg.noise_seed)
+                        inits = cfg.inits if cfg.inits is not None else range(env.num_init_states)
+                        init, nseed = episode_name(k, inits, cfg.noise_seed)
                         ep = run_expert_episode(env, expert, init, noise_std=cfg.noise, noise_seed=nseed)
                         images = _replay_images(cam_env, ep) if cam_env is not None else None
                         for i in range(ep.steps):
@@ -230,7 +235,9 @@ def _parse_tasks(text: str) -> tuple[int, ...]:
 def libero_demos(
     suite: str = typer.Option("libero_spatial", help="libero_spatial | libero_object | libero_goal | ..."),
     tasks: str = typer.Option("0,1", help="comma-separated task ids"),
-    episodes_per_task: int = typer.Option(20, help="episodes per task (init state k mod 50)"),
+    episodes_per_task: int = typer.Option(20, help="episodes per task (cycling through the init states)"),
+    inits: str = typer.Option(None, help="init-state indices to use, e.g. 0-24 (default: all 50; keep the "
+                              "validation/test inits of gaflow.evaluation.splits.LIBERO_SPLITS out)"),
     noise: float = typer.Option(0.3, help="Gaussian action-noise σ added to the expert"),
     noise_seed: int = typer.Option(0, help="base noise seed"),
     out: Path = typer.Option(Path("data/libero_demos"), help="dataset folder (LeRobotDataset v3)"),
@@ -239,9 +246,12 @@ def libero_demos(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset"),
 ) -> None:
     """Record scripted-expert demonstrations of LIBERO pick-and-place tasks as a LeRobotDataset."""
+    from gaflow.rollouts import parse_seeds
+
     console = Console()
     cfg = LiberoDemoConfig(suite=suite, tasks=_parse_tasks(tasks), episodes_per_task=episodes_per_task,
-                           noise=noise, noise_seed=noise_seed, out=out, cameras=cameras, image_size=image_size,
+                           noise=noise, noise_seed=noise_seed, out=out,
+                           inits=tuple(parse_seeds(inits)) if inits else None, cameras=cameras, image_size=image_size,
                            overwrite=overwrite)
     try:
         summary = record_libero_demos(cfg, console)

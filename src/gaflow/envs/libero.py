@@ -137,6 +137,13 @@ def init_states(suite: str, task_id: int) -> np.ndarray:
     return states
 
 
+def episode_of_seed(seed: int, num_init_states: int = 50) -> tuple[int, int]:
+    """gaflow episode seed → ``(init_index, noise_seed)``: seeds 0–49 are the init states with noise seed 0, 50–99
+    the same init states with noise seed 1, ... (the seed split of :data:`gaflow.evaluation.splits.LIBERO_SPLITS`
+    splits the init index)."""
+    return seed % num_init_states, seed // num_init_states
+
+
 def episode_rng(suite: str, task_id: int, init_index: int, noise_seed: int) -> np.random.Generator:
     """The exploration-noise generator of an episode: a pure function of its name (stable across processes:
     ``zlib.crc32`` of the suite name, not Python's salted ``hash``)."""
@@ -249,9 +256,16 @@ class LiberoEnv:
         return list(self._layout()[0])
 
     # ------------------------------------------------------------------ episode
-    def reset(self, init_index: int, noise_seed: int = 0) -> dict[str, Any]:
-        """Start episode ``(task, init_index, noise_seed)``: hard reset, restore the init state, settle."""
+    def reset(self, init_index: int, noise_seed: int | None = None) -> dict[str, Any]:
+        """Start episode ``(task, init_index, noise_seed)``: hard reset, restore the init state, settle.
+
+        Called with one number (as gaflow's rollouts call every env: ``reset(seed)``), it is an episode seed:
+        init state ``seed mod 50``, noise seed ``seed // 50`` (:func:`episode_of_seed`)."""
         n = self.num_init_states
+        if noise_seed is None:
+            if int(init_index) < 0:
+                raise ValueError(f"episode seed must be >= 0, got {init_index}")
+            init_index, noise_seed = episode_of_seed(int(init_index), n)
         if not 0 <= int(init_index) < n:
             raise ValueError(f"init_index must be in [0, {n}) for {self.suite} task {self.task_id}, got {init_index}")
         self.init_index, self.noise_seed = int(init_index), int(noise_seed)

@@ -3,6 +3,10 @@
 Every episode is identified by ``(task, seed)`` and its initial state is a deterministic function of that pair
 (each env wrapper guarantees and tests it), so a split of seeds is a split of initial states. Tuning commands
 call :meth:`SeedSplit.seeds` with ``purpose="tune"``, which refuses the test split by construction.
+
+Envs with a fixed set of initial states (LIBERO: 50 per task) use a split with a ``period``: the ranges then split
+``seed mod period`` (the init-state index) and ``seed // period`` counts repeats of an init state with fresh
+noise, so validation and test never share an initial state however many episodes each draws.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ class SplitViolation(RuntimeError):
 @dataclass(frozen=True)
 class SeedSplit:
     ranges: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_RANGES))  # name: [start, stop)
+    period: int | None = None  # ranges split seed mod period (e.g. LIBERO's init-state index); None: the seed itself
 
     def __post_init__(self) -> None:
         items = sorted(self.ranges.items(), key=lambda kv: kv[1][0])
@@ -28,6 +33,8 @@ class SeedSplit:
                 raise ValueError(f"seed ranges {n1!r} and {n2!r} overlap")
         if "test" not in self.ranges:
             raise ValueError("a seed split needs a 'test' range")
+        if self.period is not None and not all(b <= self.period for _, b in self.ranges.values()):
+            raise ValueError(f"with period {self.period} every seed range must lie in [0, {self.period})")
 
     def seeds(self, name: str, count: int | None = None, *, purpose: str = "evaluate") -> list[int]:
         """The first ``count`` seeds of split ``name``. ``purpose="tune"`` refuses the test split."""
@@ -36,28 +43,45 @@ class SeedSplit:
         if purpose == "tune" and name == "test":
             raise SplitViolation("hyperparameter selection may not read test episodes (split 'test')")
         a, b = self.ranges[name]
+        if self.period is not None:  # every init state of the range once, then again with the next repeat, ...
+            count = b - a if count is None else count
+            return [(k // (b - a)) * self.period + a + k % (b - a) for k in range(count)]
         count = b - a if count is None else count
         if count > b - a:
             raise ValueError(f"split {name!r} has {b - a} seeds; {count} requested")
         return list(range(a, a + count))
 
     def which(self, seed: int) -> str | None:
+        key = seed % self.period if self.period is not None else seed
         for name, (a, b) in self.ranges.items():
-            if a <= seed < b:
+            if a <= key < b:
                 return name
         return None
 
-    def to_dict(self) -> dict[str, list[int]]:
-        return {k: list(v) for k, v in self.ranges.items()}
+    def to_dict(self) -> dict:
+        out: dict = {k: list(v) for k, v in self.ranges.items()}
+        if self.period is not None:
+            out["period"] = self.period
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> SeedSplit:
-        return cls({k: (int(v[0]), int(v[1])) for k, v in data.items()})
+        data = dict(data)
+        period = data.pop("period", None)
+        return cls({k: (int(v[0]), int(v[1])) for k, v in data.items()}, period=period)
 
 
 DEFAULT_RANGES = {"demos": (0, 10_000), "critic": (10_000, 20_000), "validation": (20_000, 30_000),
                   "test": (30_000, 40_000)}
 DEFAULT_SPLITS = SeedSplit()
+# LIBERO: 50 init states per task. Inits 0–24 give demonstrations and critic rollouts, 25–34 validation, 35–49 test
+# (100 test episodes per task = 15 inits × 7 noise repeats; see gaflow.envs.libero.episode_of_seed).
+LIBERO_SPLITS = SeedSplit({"critic": (0, 25), "validation": (25, 35), "test": (35, 50)}, period=50)
+
+
+def split_for_env(env: str) -> SeedSplit:
+    """The seed split an env's episodes use: LIBERO's init-state split, else :data:`DEFAULT_SPLITS`."""
+    return LIBERO_SPLITS if env.split("?", 1)[0].split(":", 1)[0] == "libero" else DEFAULT_SPLITS
 
 
 def resolve_seeds(text: str, split: SeedSplit = DEFAULT_SPLITS, purpose: str = "evaluate") -> tuple[list[int], str]:

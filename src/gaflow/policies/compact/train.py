@@ -72,6 +72,10 @@ class TrainConfig:
     resume: bool = False
     max_episodes_per_task: int | None = None  # use only the first k episodes of each task
     successful_only: bool = False  # drop episodes whose "episode.success" is false
+    dims_from_dataset: bool = True  # a new policy's action/state/env-state sizes come from the dataset
+    # floor on the std used to normalise state inputs: a feature that barely moves in the demos (a resting object's
+    # quaternion) must not turn a millimetre of test-time drift into hundreds of standard deviations (LIBERO: 0.01)
+    state_std_floor: float = 0.0
     progress: bool = True
     policy: CompactPolicyConfig = field(default_factory=CompactPolicyConfig)
 
@@ -318,6 +322,12 @@ class Trainer:
             cfg.dataset, need_images=pcfg.use_image, need_env_state=pcfg.use_env_state,
             max_episodes_per_task=cfg.max_episodes_per_task, successful_only=cfg.successful_only,
         )
+        if resume_dir is None and cfg.dims_from_dataset:  # a new policy takes its action/state sizes from the data
+            f = self.frames
+            pcfg = dataclasses.replace(pcfg, action_dim=f.actions.shape[1], state_dim=f.state.shape[1],
+                                       env_state_dim=(f.env_state.shape[1] if pcfg.use_env_state and
+                                                      f.env_state is not None else pcfg.env_state_dim))
+            cfg.policy = pcfg
         check_dataset_matches(pcfg, self.frames)
         self.chunk_index, self.chunk_pad = self.frames.chunk_indices(pcfg.chunk_len)
 
@@ -329,7 +339,10 @@ class Trainer:
             values = {ACTION_KEY: self.frames.actions, STATE_KEY: self.frames.state}
             if pcfg.use_env_state:
                 values[ENV_STATE_KEY] = self.frames.env_state
-            normalizer = Normalizer.from_stats(compute_stats(values), keys, pcfg.normalization)
+            stats = compute_stats(values)
+            for key in keys[1:]:  # state inputs only; actions keep their own scale
+                stats[key]["std"] = stats[key]["std"].clamp_min(cfg.state_std_floor)
+            normalizer = Normalizer.from_stats(stats, keys, pcfg.normalization)
             torch.manual_seed(cfg.seed)
             self.policy = CompactFlowPolicy(pcfg, normalizer)
         self.task_embeddings = self.policy.text_encoder.embed(self.frames.tasks)  # (T, 384), cached once
