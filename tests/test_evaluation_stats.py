@@ -49,3 +49,24 @@ def test_seed_splits_are_disjoint_and_tuning_cannot_read_test():
     with pytest.raises(ValueError, match="overlap"):
         SeedSplit({"validation": (0, 10), "test": (5, 20)})
     assert SeedSplit.from_dict(s.to_dict()) == s
+
+
+def test_libero_split_divides_init_states_and_repeats_them_with_fresh_noise():
+    from gaflow.envs.libero import episode_of_seed
+    from gaflow.evaluation.splits import LIBERO_SPLITS, resolve_seeds, split_for_env
+
+    s = LIBERO_SPLITS
+    assert split_for_env("libero:libero_spatial?cameras=1") is s and split_for_env("metaworld") is DEFAULT_SPLITS
+    test = s.seeds("test", 75)
+    inits = [episode_of_seed(x)[0] for x in test]
+    assert sorted(set(inits)) == list(range(35, 50)) and all(inits.count(i) == 5 for i in set(inits))
+    assert len(set(test)) == 75 and sorted({episode_of_seed(x)[1] for x in test}) == [0, 1, 2, 3, 4]
+    val_inits = {episode_of_seed(x)[0] for x in s.seeds("validation", 40, purpose="tune")}
+    crit_inits = {episode_of_seed(x)[0] for x in s.seeds("critic", 100)}
+    assert val_inits == set(range(25, 35)) and crit_inits == set(range(25))
+    assert all(s.which(x) == "test" for x in test)
+    with pytest.raises(SplitViolation):
+        resolve_seeds("85", s, purpose="tune")  # 85 = init 35, repeat 1: a test initial state
+    assert SeedSplit.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError, match="period"):
+        SeedSplit({"test": (0, 60)}, period=50)
