@@ -128,3 +128,22 @@ def test_seed_ranges_parse_and_bad_ranges_are_refused():
     assert parse_seeds("1000-1003,7") == [7, 1000, 1001, 1002, 1003]
     with pytest.raises(ValueError, match="seed range"):
         parse_seeds("5-2")
+
+
+def test_eval_policy_groups_by_task_and_workers_do_not_change_episodes():
+    """`gaflow eval-policy` on the shipped checkpoint: per-task, seed-sorted summaries, identical (timings aside)
+    whether episodes run in this process or in two worker processes."""
+    from importlib.resources import files
+
+    from gaflow.rollouts import evaluate_policy
+
+    builtin = str(files("gaflow") / "assets" / "compact_metaworld")
+    kw = dict(tasks=["push", "hand-insert"], seeds=[10001, 10000], max_steps=8, progress=False)
+    one = evaluate_policy(builtin, workers=1, **kw)
+    two = evaluate_policy(builtin, workers=2, **kw)
+    timing = ("wall_s", "mean_latency_s")
+    strip = {t: [{k: v for k, v in s.items() if k not in timing} for s in eps] for t, eps in one.items()}
+    assert strip == {t: [{k: v for k, v in s.items() if k not in timing} for s in eps] for t, eps in two.items()}
+    assert list(one) == ["push", "hand-insert"]
+    assert [s["seed"] for s in one["push"]] == [10000, 10001] and all(s["task"] == "push" for s in one["push"])
+    assert all(s["length"] == 8 for eps in one.values() for s in eps)
