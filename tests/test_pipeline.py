@@ -58,3 +58,10 @@ def test_heldout_tasks_must_be_pipeline_tasks_and_leave_one_to_train_on():
         preset("toy", heldout_tasks=["push"])
     with pytest.raises(ValueError, match="every task"):
         preset("toy", heldout_tasks=["toy-reach", "toy-reach-far"])
+
+
+def test_overriding_tasks_keeps_only_heldout_tasks_among_them():
+    assert preset("libero", tasks=["0"]).heldout_tasks == []  # single-task LIBERO: no held-out stage
+    assert preset("libero", tasks=["0", "5"]).heldout_tasks == ["5"]
+    assert preset("libero", tasks=["0", "5"], heldout_tasks=[]).heldout_tasks == []
+    assert preset("study").heldout_tasks == ["push-wall", "shelf-place"]

@@ -109,7 +109,12 @@ def libero_suite(env: str) -> str:
 def preset(name: str, **overrides) -> PipelineConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PipelineConfig(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = {**PRESETS[name], **given}
+    if "tasks" in given and "heldout_tasks" not in given:  # other tasks: keep only held-out tasks still among them
+        kept = [t for t in cfg.get("heldout_tasks", []) if t in cfg["tasks"]]
+        cfg["heldout_tasks"] = kept if len(set(kept)) < len(set(cfg["tasks"])) else []
+    return PipelineConfig(**cfg)
 
 
 def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None) -> dict:
