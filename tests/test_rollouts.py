@@ -133,11 +133,10 @@ def test_seed_ranges_parse_and_bad_ranges_are_refused():
 def test_eval_policy_groups_by_task_and_workers_do_not_change_episodes():
     """`gaflow eval-policy` on the shipped checkpoint: per-task, seed-sorted summaries, identical (timings aside)
     whether episodes run in this process or in two worker processes."""
-    from importlib.resources import files
-
+    from gaflow.policies.registry import builtin_compact_dir
     from gaflow.rollouts import evaluate_policy
 
-    builtin = str(files("gaflow") / "assets" / "compact_metaworld")
+    builtin = builtin_compact_dir()
     kw = dict(tasks=["push", "hand-insert"], seeds=[10001, 10000], max_steps=8, progress=False)
     one = evaluate_policy(builtin, workers=1, **kw)
     two = evaluate_policy(builtin, workers=2, **kw)

@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.rule import Rule
 
+from gaflow.envs.registry import parse_env_spec
 from gaflow.evaluation.splits import split_for_env
 from gaflow.io import job_folder
 
@@ -102,10 +103,6 @@ PRESETS: dict[str, dict] = {
 DEMO_NOISE_SEED = 1000  # LIBERO demonstrations: expert-noise seeds apart from the rollouts' (seed // 50 < 1000)
 
 
-def libero_suite(env: str) -> str:
-    return env.split("?", 1)[0].split(":", 1)[1] if ":" in env.split("?", 1)[0] else "libero_spatial"
-
-
 def preset(name: str, **overrides) -> PipelineConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -130,7 +127,8 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     # 1–2. base policy: given, or demonstrations + compact policy training
     policy = cfg.policy
     splits = split_for_env(cfg.env)
-    libero = cfg.env.split(":", 1)[0] == "libero"
+    env_kind, suite, _ = parse_env_spec(cfg.env)
+    libero = env_kind == "libero"
     if policy is None:
         t0 = stage("1/7 demonstrations", f"{cfg.demos_per_task} noisy-expert episodes per task, σ={cfg.demo_noise}")
         demos = run / "demos"
@@ -140,7 +138,8 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
             from gaflow.cli.libero import LiberoDemoConfig, record_libero_demos
 
             a, b = splits.ranges["critic"]
-            record_libero_demos(LiberoDemoConfig(suite=libero_suite(cfg.env), tasks=tuple(int(t) for t in cfg.tasks),
+            record_libero_demos(LiberoDemoConfig(suite=suite or "libero_spatial",
+                                                 tasks=tuple(int(t) for t in cfg.tasks),
                                                  episodes_per_task=cfg.demos_per_task, noise=cfg.demo_noise,
                                                  noise_seed=DEMO_NOISE_SEED, inits=tuple(range(a, b)), out=demos),
                                 console)
@@ -190,24 +189,11 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     timings["collect"] = time.perf_counter() - t0
 
     # 4. critic (+ report)
-    from gaflow.critic.data import ChunkTable
-    from gaflow.critic.report import critic_report
-    from gaflow.critic.train import CriticTrainConfig, train_critic
     from gaflow.guidance import GuidanceConfig
 
     t0 = stage("4/7 critic", f"ensemble of {cfg.critic_members}, success-to-go")
     critic_dir = run / "critic"
-    if not (critic_dir / "critic.json").exists():
-        table = ChunkTable.load(run / "collect" / "chunks.safetensors")
-        train_critic(table, CriticTrainConfig(features=tuple(cfg.critic_features), members=cfg.critic_members,
-                                              epochs=cfg.critic_epochs, hidden=tuple(cfg.critic_hidden)),
-                     out_dir=critic_dir)
-    rep_file = critic_dir / "report" / "critic_report.json"
-    if rep_file.exists():
-        rep = json.loads(rep_file.read_text())
-    else:
-        rep = critic_report(critic_dir, run / "collect", critic_dir / "report", policy_spec=policy,
-                            guidance_cfg=GuidanceConfig(relative=cfg.grid[0]), max_states=32)
+    rep = critic_stage(cfg, run, critic_dir, policy, GuidanceConfig(relative=cfg.grid[0]))
     console.print(f"critic AUC on held-out episodes {rep['auc']:.3f}; ‖Δv‖/‖v‖ median "
                   f"{rep.get('ratio_quantiles', {}).get('p50', float('nan')):.3g}")
     timings["critic"] = time.perf_counter() - t0
@@ -241,15 +227,8 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
         t0 = stage("6b/7 held-out-task critic", f"critic without {cfg.heldout_tasks}, evaluated on them at the "
                    f"locked ρ = {locked['guidance']['relative']}")
         h_dir = run / "critic_heldout"
-        if not (h_dir / "critic.json").exists():
-            table = ChunkTable.load(run / "collect" / "chunks.safetensors")
-            train_critic(table, CriticTrainConfig(features=tuple(cfg.critic_features), members=cfg.critic_members,
-                                                  epochs=cfg.critic_epochs, hidden=tuple(cfg.critic_hidden),
-                                                  held_out_tasks=tuple(cfg.heldout_tasks)), out_dir=h_dir)
-        h_rep_file = h_dir / "report" / "critic_report.json"
-        h_rep = (json.loads(h_rep_file.read_text()) if h_rep_file.exists() else
-                 critic_report(h_dir, run / "collect", h_dir / "report", policy_spec=policy,
-                               guidance_cfg=GuidanceConfig.from_dict(locked["guidance"]), max_states=32))
+        h_rep = critic_stage(cfg, run, h_dir, policy, GuidanceConfig.from_dict(locked["guidance"]),
+                             held_out_tasks=tuple(cfg.heldout_tasks))
         unseen_auc = {t: h_rep["auc_per_task"].get(t, float("nan")) for t in cfg.heldout_tasks}
         console.print("held-out critic AUC on the tasks it never saw: "
                       + ", ".join(f"{t} {a:.3f}" for t, a in unseen_auc.items()))
@@ -268,6 +247,25 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     console.print(f"[bold]report:[/bold] {report}  (critic report: {critic_dir / 'report' / 'critic_report.json'}; "
                   f"{total / 60:.1f} min this session)")
     return result
+
+
+def critic_stage(cfg: PipelineConfig, run: Path, out: Path, policy: str, guidance_cfg,
+                 held_out_tasks: tuple[str, ...] = ()) -> dict:
+    """Train a critic on the run's rollouts into ``out`` (skipped if done) and return its report (read if done)."""
+    from gaflow.critic.data import ChunkTable
+    from gaflow.critic.report import critic_report
+    from gaflow.critic.train import CriticTrainConfig, train_critic
+
+    if not (out / "critic.json").exists():
+        table = ChunkTable.load(run / "collect" / "chunks.safetensors")
+        train_critic(table, CriticTrainConfig(features=tuple(cfg.critic_features), members=cfg.critic_members,
+                                              epochs=cfg.critic_epochs, hidden=tuple(cfg.critic_hidden),
+                                              held_out_tasks=held_out_tasks), out_dir=out)
+    rep_file = out / "report" / "critic_report.json"
+    if rep_file.exists():
+        return json.loads(rep_file.read_text())
+    return critic_report(out, run / "collect", out / "report", policy_spec=policy, guidance_cfg=guidance_cfg,
+                         max_states=32)
 
 
 def locked_test(cfg: PipelineConfig, policy: str, critic_dir: Path, tasks: list[str], arms: list[str], locked: dict,

@@ -202,14 +202,11 @@ def evaluate_policy(
     ``workers > 1`` runs episodes in separate processes (``forkserver``: a process that has rendered must not fork
     its GL context), each single-threaded.
     """
-    from gaflow.jobs import run_batches
+    from gaflow.jobs import chunked, run_batches
 
-    jobs = []
     per_job = max(1, math.ceil(len(seeds) / max(1, workers * 2))) if workers > 1 else len(seeds)
-    for task in tasks:
-        for i in range(0, len(seeds), per_job):
-            jobs.append(((policy_dir, task, seeds[i: i + per_job], n_action_steps, num_steps, noise_seed, camera,
-                          max_steps, 1),))
+    jobs = [((policy_dir, task, part, n_action_steps, num_steps, noise_seed, camera, max_steps, 1),)
+            for task in tasks for part in chunked(seeds, per_job)]
     results: dict[str, list[dict[str, Any]]] = {t: [] for t in tasks}
     for summary in run_batches(_evaluate_worker, jobs, workers=workers, label="eval-policy",
                                total=len(tasks) * len(seeds), progress=progress):

@@ -172,9 +172,9 @@ def record_libero_demos(cfg: LiberoDemoConfig, console: Console | None = None) -
                 env, expert = envs[t], experts[t]
                 cam_env = (LiberoEnv(cfg.suite, t, cameras=True, image_size=cfg.image_size)
                            if cfg.cameras else None)
+                inits = cfg.inits if cfg.inits is not None else range(env.num_init_states)
                 try:
                     for k in range(cfg.episodes_per_task):
-                        inits = cfg.inits if cfg.inits is not None else range(env.num_init_states)
                         init, nseed = episode_name(k, inits, cfg.noise_seed)
                         ep = run_expert_episode(env, expert, init, noise_std=cfg.noise, noise_seed=nseed)
                         images = _replay_images(cam_env, ep) if cam_env is not None else None

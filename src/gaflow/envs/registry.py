@@ -19,14 +19,22 @@ def _parse(value: str) -> Any:
     return {"true": True, "false": False}.get(value.lower(), value)
 
 
-def make_env(env: str, task: str, **options: Any):
-    env, _, query = env.partition("?")
+def parse_env_spec(env: str) -> tuple[str, str, dict[str, Any]]:
+    """``"libero:libero_spatial?cameras=1"`` → ``("libero", "libero_spatial", {"cameras": 1})``."""
+    spec, _, query = env.partition("?")
+    options: dict[str, Any] = {}
     for item in filter(None, query.split("&")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"env option {item!r} in {env!r}: use key=value")
+            raise ValueError(f"env option {item!r} in {spec!r}: use key=value")
         options[key] = _parse(value)
-    kind, _, rest = env.partition(":")
+    kind, _, rest = spec.partition(":")
+    return kind, rest, options
+
+
+def make_env(env: str, task: str, **options: Any):
+    kind, rest, parsed = parse_env_spec(env)
+    options.update(parsed)
     if kind == "toy":
         from gaflow.envs.toy import ToyReachEnv
 

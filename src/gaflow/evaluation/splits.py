@@ -81,7 +81,9 @@ LIBERO_SPLITS = SeedSplit({"critic": (0, 25), "validation": (25, 35), "test": (3
 
 def split_for_env(env: str) -> SeedSplit:
     """The seed split an env's episodes use: LIBERO's init-state split, else :data:`DEFAULT_SPLITS`."""
-    return LIBERO_SPLITS if env.split("?", 1)[0].split(":", 1)[0] == "libero" else DEFAULT_SPLITS
+    from gaflow.envs.registry import parse_env_spec
+
+    return LIBERO_SPLITS if parse_env_spec(env)[0] == "libero" else DEFAULT_SPLITS
 
 
 def resolve_seeds(text: str, split: SeedSplit = DEFAULT_SPLITS, purpose: str = "evaluate") -> tuple[list[int], str]:

@@ -17,14 +17,17 @@ def _load_lerobot(rest: str, **kwargs: Any):
     return load_lerobot_policy(rest, **kwargs)
 
 
+def builtin_compact_dir() -> str:
+    """The compact checkpoint shipped with gaflow (``compact:builtin``; src/gaflow/assets/compact_metaworld/README.md)."""
+    from importlib.resources import files
+
+    return str(files("gaflow") / "assets" / "compact_metaworld")
+
+
 def _load_compact(rest: str, **kwargs: Any):
     from gaflow.policies.compact import CompactFlowPolicy
 
-    if rest == "builtin":  # the checkpoint shipped with gaflow (src/gaflow/assets/compact_metaworld/README.md)
-        from importlib.resources import files
-
-        rest = str(files("gaflow") / "assets" / "compact_metaworld")
-    return CompactFlowPolicy.from_pretrained(rest, **kwargs)
+    return CompactFlowPolicy.from_pretrained(builtin_compact_dir() if rest == "builtin" else rest, **kwargs)
 
 
 def _load_toy(rest: str, **kwargs: Any):

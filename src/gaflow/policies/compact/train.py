@@ -340,7 +340,7 @@ class Trainer:
             if pcfg.use_env_state:
                 values[ENV_STATE_KEY] = self.frames.env_state
             stats = compute_stats(values)
-            for key in keys[1:]:  # state inputs only; actions keep their own scale
+            for key in (k for k in keys if k != ACTION_KEY):  # state inputs only; actions keep their own scale
                 stats[key]["std"] = stats[key]["std"].clamp_min(cfg.state_std_floor)
             normalizer = Normalizer.from_stats(stats, keys, pcfg.normalization)
             torch.manual_seed(cfg.seed)
