@@ -104,6 +104,23 @@ def test_policy_implements_flow_protocol_with_documented_shapes():
     assert policy.decode_actions(out.chunk).shape == (3, 4, 4)
 
 
+def test_env_state_policy_exposes_the_normalised_simulator_state_as_a_critic_feature():
+    """A critic can read the privileged state the policy consumes (LIBERO object poses), normalised by the
+    policy's own statistics; policies without it do not expose the key."""
+    norm = Normalizer({"action": {"mean": torch.zeros(4), "std": torch.ones(4)},
+                       "observation.state": {"mean": torch.zeros(4), "std": torch.ones(4)},
+                       "observation.environment_state": {"mean": torch.full((39,), 2.0),
+                                                         "std": torch.full((39,), 4.0)}})
+    policy = CompactFlowPolicy(tiny_policy_config(use_env_state=True, env_state_dim=39), norm)
+    batch = obs_batch(3)
+    env = torch.randn(3, 39)
+    batch["observation.environment_state"] = env
+    feats = policy.critic_features(policy.encode(batch))
+    assert torch.allclose(feats["env_state"], (env - 2.0) / 4.0, atol=1e-6)
+    plain = CompactFlowPolicy(tiny_policy_config(), unit_normalizer())
+    assert "env_state" not in plain.critic_features(plain.encode(obs_batch(3)))
+
+
 def test_encode_rejects_wrong_image_size_naming_the_feature():
     policy = CompactFlowPolicy(tiny_policy_config(), unit_normalizer())
     batch = obs_batch(2)

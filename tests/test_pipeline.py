@@ -65,3 +65,23 @@ def test_overriding_tasks_keeps_only_heldout_tasks_among_them():
     assert preset("libero", tasks=["0", "5"]).heldout_tasks == ["5"]
     assert preset("libero", tasks=["0", "5"], heldout_tasks=[]).heldout_tasks == []
     assert preset("study").heldout_tasks == ["push-wall", "shelf-place"]
+
+
+def test_demo_command_passes_grid_and_critic_features_and_rejects_bad_ones(tmp_path, monkeypatch):
+    import pytest
+    from typer.testing import CliRunner
+
+    import gaflow.pipeline
+    from gaflow.cli import app
+
+    seen = {}
+    monkeypatch.setattr(gaflow.pipeline, "run_pipeline", lambda cfg, out: seen.update(cfg=cfg, out=out))
+    res = CliRunner().invoke(app, ["demo", "--preset", "libero", "--tasks", "0", "--grid", "0.2, 0.8",
+                                   "--critic-features", "observation,env_state", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert seen["cfg"].grid == [0.2, 0.8] and seen["cfg"].critic_features == ["observation", "env_state"]
+    assert seen["cfg"].tasks == ["0"] and seen["out"] == tmp_path
+    res = CliRunner().invoke(app, ["demo", "--preset", "toy", "--grid", "0.2,strong", "--out", str(tmp_path)])
+    assert res.exit_code != 0 and "--grid" in res.output
+    with pytest.raises(ValueError, match="grid"):
+        preset("toy", grid=[0.0])

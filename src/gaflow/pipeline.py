@@ -53,6 +53,10 @@ class PipelineConfig:
     heldout_tasks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if not self.grid or any(not r > 0 for r in self.grid):
+            raise ValueError(f"grid must list one or more relative strengths ρ > 0, got {self.grid}")
+        if not self.critic_features:
+            raise ValueError("critic_features must name at least one policy feature (e.g. observation, task, state)")
         unknown = sorted(set(self.heldout_tasks) - set(self.tasks))
         if unknown:
             raise ValueError(f"heldout_tasks {unknown} are not among the pipeline's tasks {self.tasks}")

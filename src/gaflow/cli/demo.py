@@ -20,15 +20,26 @@ def demo(
     test_episodes: int = typer.Option(None, help="locked test episodes per task"),
     validation_episodes: int = typer.Option(None, help="validation episodes per task (the sweep)"),
     critic_episodes: int = typer.Option(None, help="rollouts per task for the critic"),
+    grid: str = typer.Option(None, help="relative strengths ρ tried on validation (comma-separated, e.g. 0.2,0.4)"),
+    critic_features: str = typer.Option(None, help="policy features the critic reads (comma-separated, e.g. "
+                                        "observation,task,state,env_state)"),
     workers: int = typer.Option(None, help="worker processes"),
 ) -> None:
     """Demonstrations → base policy → rollouts → critic → validation sweep → locked test evaluation → report."""
     from gaflow.pipeline import preset as make_preset
     from gaflow.pipeline import run_pipeline
 
-    held = None if heldout_tasks is None else [t.strip() for t in heldout_tasks.split(",") if t.strip()]
-    cfg = make_preset(preset, tasks=[t.strip() for t in tasks.split(",")] if tasks else None, policy=policy,
+    def items(text: str | None) -> list[str] | None:
+        return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+    held = items(heldout_tasks)
+    try:
+        rhos = None if grid is None else [float(r) for r in items(grid)]
+    except ValueError:
+        raise typer.BadParameter(f"--grid must be comma-separated numbers, got {grid!r}") from None
+    cfg = make_preset(preset, tasks=items(tasks) or None, policy=policy,
                       heldout_tasks=held,
                       test_episodes=test_episodes, validation_episodes=validation_episodes,
-                      critic_episodes=critic_episodes, workers=workers)
+                      critic_episodes=critic_episodes, workers=workers, grid=rhos,
+                      critic_features=items(critic_features))
     run_pipeline(cfg, out or Path("runs") / f"demo-{preset}")

@@ -9,9 +9,9 @@ convention, see :mod:`gaflow.policies.compact.config`):
   ``(B, ·)`` tensors, so the generic :func:`~gaflow.policies.base.expand_context` repeats it for candidates.
 * ``velocity(context, x_t, t)`` — only the action expert runs (cheap, every flow step).
 * ``critic_features(context)`` — ``{"observation": (B, hidden_dim), "image": (B, image_feature_dim) [if images],
-  "task": (B, 384), "state": (B, state_dim) [if proprio]}``: the fused observation context (image + language +
-  proprio, as the expert sees it), the pooled image features, the frozen sentence embedding of the task string
-  and the *normalised* proprio state.
+  "task": (B, 384), "state": (B, state_dim) [if proprio], "env_state": (B, env_state_dim) [if env state]}``: the
+  fused observation context (image + language + proprio, as the expert sees it), the pooled image features, the
+  frozen sentence embedding of the task string, and the *normalised* proprio and simulator state.
 * ``decode_actions(chunk)`` — unnormalises a chunk from the policy's (mean/std-normalised) action space.
 
 Batches use the LeRobot layout produced by ``gaflow.envs.base.stack_observations`` and by LeRobotDataset:
@@ -232,6 +232,7 @@ class CompactFlowPolicy(nn.Module):
             parts.append(self.state_proj(state))
         if cfg.use_env_state:
             env = self.normalizer.normalize(ENV_STATE_KEY, _as_2d(_require(batch, ENV_STATE_KEY), ENV_STATE_KEY).to(dev))
+            ctx["env_state"] = env
             parts.append(self.env_state_proj(env))
         sizes = {p.shape[0] for p in parts}
         if len(sizes) != 1:
@@ -249,7 +250,7 @@ class CompactFlowPolicy(nn.Module):
         return self.expert(cond, x_t, t)
 
     def critic_features(self, context: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: context[k] for k in ("observation", "image", "task", "state") if k in context}
+        return {k: context[k] for k in ("observation", "image", "task", "state", "env_state") if k in context}
 
     def decode_actions(self, chunk: torch.Tensor) -> torch.Tensor:
         return self.normalizer.unnormalize(ACTION_KEY, chunk[..., : self.spec.action_dim])
