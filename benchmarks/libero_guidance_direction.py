@@ -1,0 +1,80 @@
+"""Which way does guidance push a LIBERO pick-and-place policy once it carries the object? (BENCHMARKS.md §11)
+
+The compact LIBERO policy's failures are mostly time-outs while it holds the object above its target (LIBERO's
+`On` predicate fires on contact, so lowering the object is what finishes the task). This script takes the recorded
+critic rollouts of a run, keeps the chunk starts where the manipulated object (the first object in the
+environment-state layout) is lifted ≥ ``--lift`` metres above its initial height, re-samples the policy's chunk
+there with the **same noise** unguided and guided at each ρ, and prints the mean executed action per dimension
+(unnormalised: dx, dy, dz, rotations, gripper; LIBERO's gripper is −1 open / +1 closed).
+
+    uv run python benchmarks/libero_guidance_direction.py --run runs/libero_t0v2 --rho 0.2,0.4,0.8
+
+Only the critic's own held-out episodes are used (the episodes its training split set aside), so the rows were
+never fitted. Prints a table; nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import typer
+
+
+def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, critic/, pipeline.json)"),
+         rho: str = typer.Option("0.2,0.4,0.8", help="relative strengths to compare with unguided"),
+         lift: float = typer.Option(0.04, help="object height above its start that counts as carried (m)"),
+         max_rows: int = typer.Option(600, help="at most this many chunk starts (spread over episodes)")) -> None:
+    import pandas as pd
+
+    from gaflow.critic.data import ChunkTable
+    from gaflow.critic.train import load_critic, rows_of
+    from gaflow.guidance import Guidance, GuidanceConfig
+    from gaflow.policies.registry import load_policy
+    from gaflow.sampler import sample_chunks
+
+    torch.set_num_threads(1)
+    cfg = json.loads((run / "pipeline.json").read_text())
+    policy_spec = cfg["policy"] or f"compact:{run / 'policy'}"
+    policy = load_policy(policy_spec)
+    critic = load_critic(run / "critic")
+    info = json.loads((run / "critic" / "critic.json").read_text())
+    table = ChunkTable.load(run / "collect" / "chunks.safetensors")
+    frames = pd.concat([pd.read_parquet(p) for p in sorted((run / "collect" / "dataset" / "data").rglob("*.parquet"))])
+    env = np.stack(frames["observation.environment_state"].to_numpy()).astype(np.float32)
+    state = np.stack(frames["observation.state"].to_numpy()).astype(np.float32)
+    pairs = zip(frames["episode_index"], frames["frame_index"], strict=True)
+    where = {(int(e), int(f)): i for i, (e, f) in enumerate(pairs)}
+    idx = np.array([where[(int(e), int(s))] for e, s in zip(table.episode, table.step, strict=True)])
+    start_z = {int(e): env[where[(int(e), 0)], 2] for e in torch.unique(table.episode)}
+
+    rows = rows_of(table, info["split"]["validation"]).numpy()
+    carried = rows[[env[idx[r], 2] - start_z[int(table.episode[r])] >= lift for r in rows]]
+    if len(carried) > max_rows:
+        carried = carried[np.linspace(0, len(carried) - 1, max_rows).astype(int)]
+    if len(carried) == 0:
+        raise typer.BadParameter(f"no chunk start of the critic's held-out episodes has the object lifted ≥ {lift} m")
+    tasks = [table.episodes[int(table.episode[r])]["description"] for r in carried]
+    obs = {"observation.state": torch.from_numpy(state[idx[carried]]),
+           "observation.environment_state": torch.from_numpy(env[idx[carried]]), "task": tasks}
+    steps = policy.config.n_action_steps
+    with torch.no_grad():
+        context = policy.encode(obs)
+        noise = torch.randn(len(carried), policy.spec.chunk_len, policy.spec.padded_dim,
+                            generator=torch.Generator().manual_seed(0))
+        arms = [("unguided", None)] + [(f"ρ={r}", float(r)) for r in rho.split(",")]
+        print(f"{len(carried)} chunk starts with the object carried (critic's held-out episodes, {run})")
+        print("| arm | dx | dy | dz | gripper | gripper < 0 (opening) |")
+        print("|---|---|---|---|---|---|")
+        for name, r in arms:
+            guidance = None if r is None else Guidance(critic, GuidanceConfig(relative=r))
+            chunk = sample_chunks(policy, context=context, noise=noise, guidance=guidance).chunk
+            a = policy.decode_actions(chunk)[:, :steps]  # the executed actions
+            print(f"| {name} | {a[..., 0].mean():+.3f} | {a[..., 1].mean():+.3f} | {a[..., 2].mean():+.3f} | "
+                  f"{a[..., 6].mean():+.3f} | {(a[..., 6] < 0).float().mean():.1%} |")
+
+
+if __name__ == "__main__":
+    typer.run(main)
