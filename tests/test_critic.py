@@ -113,6 +113,17 @@ def test_roc_auc_known_values():
     assert np.isnan(roc_auc(np.array([0.1, 0.2]), np.array([1, 1])))
 
 
+def test_progress_spearman_ranks_closeness_to_success_and_ignores_failed_episodes():
+    from gaflow.critic.quality import progress_spearman
+
+    steps = np.array([30, 20, 10, 0, -1, -1, 5])
+    success = np.array([1, 1, 1, 1, 0, 0, 1], bool)
+    tracks = np.array([0.1, 0.2, 0.3, 0.9, 5.0, -5.0, 0.5])  # rises as success nears; failed rows are ignored
+    assert progress_spearman(tracks, steps, success) == pytest.approx(1.0)
+    assert progress_spearman(-tracks, steps, success) == pytest.approx(-1.0)
+    assert np.isnan(progress_spearman(tracks[:2], steps[:2], success[:2]))
+
+
 def test_wrong_action_dim_and_single_outcome_data_are_reported():
     import warnings
 

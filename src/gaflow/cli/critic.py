@@ -72,7 +72,8 @@ def critic_report_cmd(
     t = Table(title=f"critic report — {rep['rows']}")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for k in ("n_episodes", "n_chunks", "success_fraction", "auc", "auc_first_chunk", "ece", "ensemble_std_mean"):
+    for k in ("n_episodes", "n_chunks", "success_fraction", "auc", "auc_first_chunk", "progress_spearman", "ece",
+              "ensemble_std_mean"):
         v = rep[k]
         t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
     for k, v in rep.get("ratio_quantiles", {}).items():

@@ -57,8 +57,23 @@ def expected_calibration_error(table_rows: list[dict]) -> float:
     return float(sum(r["count"] * abs(r["mean_pred"] - r["success_rate"]) for r in table_rows if r["count"]) / n)
 
 
+def progress_spearman(values: np.ndarray, steps_to_success: np.ndarray, success: np.ndarray) -> float:
+    """Spearman correlation between the critic's value and **closeness to success** (minus the env steps left
+    until the first success) over the chunks of successful episodes; NaN with fewer than three such chunks.
+
+    AUC asks whether the critic can tell which episodes will succeed; this asks whether it tracks progress where
+    success happens. They can disagree: on long, noisy tasks (LIBERO) outcome is unpredictable from most states
+    (AUC ≈ 0.5) while the critic still ranks progress well — and progress is what its action gradient follows.
+    """
+    m = np.asarray(success, bool) & (np.asarray(steps_to_success) >= 0)
+    if m.sum() < 3:
+        return float("nan")
+    return float(stats.spearmanr(np.asarray(values, float)[m], -np.asarray(steps_to_success, float)[m]).statistic)
+
+
 def critic_quality(critic, table: ChunkTable, rows: torch.Tensor, target: str = "success_to_go") -> dict:
-    """AUC (chunk level and first-chunk-of-episode level), calibration and disagreement on ``rows``."""
+    """AUC (chunk level and first-chunk-of-episode level), progress ranking, calibration and disagreement on
+    ``rows``."""
     q = critic_values(critic, table, rows)  # (K, N)
     mean = q.mean(0)
     pred = torch.sigmoid(mean) if target == "binary" else mean
@@ -72,6 +87,7 @@ def critic_quality(critic, table: ChunkTable, rows: torch.Tensor, target: str = 
         "success_fraction": float(labels.mean()) if len(labels) else float("nan"),
         "auc": roc_auc(mean.numpy(), labels),
         "auc_first_chunk": roc_auc(mean[first].numpy(), labels[first.numpy()]) if len(first) else float("nan"),
+        "progress_spearman": progress_spearman(mean.numpy(), table.steps_to_success[rows].numpy(), labels),
         "reliability": rel,
         "ece": expected_calibration_error(rel),
         "ensemble_std_mean": float(std.mean()),

@@ -1,7 +1,7 @@
 """``gaflow critic-report``: check a critic before any robot sees it.
 
-1. On held-out episodes: ROC-AUC of the critic's value for eventual success, a reliability table, ensemble
-   disagreement.
+1. On held-out episodes: ROC-AUC of the critic's value for eventual success, its rank correlation with progress
+   (closeness to success within successful episodes), a reliability table, ensemble disagreement.
 2. On *real sampler states* of the base policy (observations from the recorded episodes, re-encoded, sampled with
    the given guidance config): the distribution of ‖applied guidance‖/‖velocity‖ — with a warning when guidance
    would be negligible (the published method's critics were 8–400× too weak and nobody noticed) or would dominate.
