@@ -9,8 +9,9 @@ there with the **same noise** unguided and guided at each ρ, and prints the mea
 
     uv run python benchmarks/libero_guidance_direction.py --run runs/libero_t0v2 --rho 0.2,0.4,0.8
 
-Only the critic's own held-out episodes are used (the episodes its training split set aside), so the rows were
-never fitted. Prints a table; nothing is written.
+Only episodes the critic never fitted are used: its validation split (default), or with ``--episodes held_out``
+the episodes of the tasks it was trained without (e.g. ``--critic runs/libero_study/critic_heldout``). Prints a
+table; nothing is written.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ import typer
 def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, critic/, pipeline.json)"),
          rho: str = typer.Option("0.2,0.4,0.8", help="relative strengths to compare with unguided"),
          lift: float = typer.Option(0.04, help="object height above its start that counts as carried (m)"),
-         max_rows: int = typer.Option(600, help="at most this many chunk starts (spread over episodes)")) -> None:
+         max_rows: int = typer.Option(600, help="at most this many chunk starts (spread over episodes)"),
+         critic_dir: Path = typer.Option(None, "--critic", help="critic folder (default: <run>/critic)"),
+         episodes: str = typer.Option("validation", help="validation: the critic's held-out episodes of its own "
+                                      "tasks | held_out: the episodes of tasks it was trained without")) -> None:
     import pandas as pd
 
     from gaflow.critic.data import ChunkTable
@@ -39,8 +43,11 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
     cfg = json.loads((run / "pipeline.json").read_text())
     policy_spec = cfg["policy"] or f"compact:{run / 'policy'}"
     policy = load_policy(policy_spec)
-    critic = load_critic(run / "critic")
-    info = json.loads((run / "critic" / "critic.json").read_text())
+    critic_dir = critic_dir or run / "critic"
+    critic = load_critic(critic_dir)
+    info = json.loads((critic_dir / "critic.json").read_text())
+    if episodes not in ("validation", "held_out"):
+        raise typer.BadParameter(f"--episodes must be validation or held_out, got {episodes!r}")
     table = ChunkTable.load(run / "collect" / "chunks.safetensors")
     frames = pd.concat([pd.read_parquet(p) for p in sorted((run / "collect" / "dataset" / "data").rglob("*.parquet"))])
     env = np.stack(frames["observation.environment_state"].to_numpy()).astype(np.float32)
@@ -50,7 +57,9 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
     idx = np.array([where[(int(e), int(s))] for e, s in zip(table.episode, table.step, strict=True)])
     start_z = {int(e): env[where[(int(e), 0)], 2] for e in torch.unique(table.episode)}
 
-    rows = rows_of(table, info["split"]["validation"]).numpy()
+    if not info["split"].get(episodes):
+        raise typer.BadParameter(f"critic {critic_dir} has no {episodes!r} episodes in its split")
+    rows = rows_of(table, info["split"][episodes]).numpy()
     carried = rows[[env[idx[r], 2] - start_z[int(table.episode[r])] >= lift for r in rows]]
     if len(carried) > max_rows:
         carried = carried[np.linspace(0, len(carried) - 1, max_rows).astype(int)]
@@ -65,7 +74,7 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
         noise = torch.randn(len(carried), policy.spec.chunk_len, policy.spec.padded_dim,
                             generator=torch.Generator().manual_seed(0))
         arms = [("unguided", None)] + [(f"ρ={r}", float(r)) for r in rho.split(",")]
-        print(f"{len(carried)} chunk starts with the object carried (critic's held-out episodes, {run})")
+        print(f"{len(carried)} chunk starts with the object carried ({episodes} episodes of {critic_dir}, {run})")
         print("| arm | dx | dy | dz | gripper | gripper < 0 (opening) |")
         print("|---|---|---|---|---|---|")
         for name, r in arms:
