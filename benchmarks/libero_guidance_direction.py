@@ -10,8 +10,9 @@ there with the **same noise** unguided and guided at each ρ, and prints the mea
     uv run python benchmarks/libero_guidance_direction.py --run runs/libero_t0v2 --rho 0.2,0.4,0.8
 
 Only episodes the critic never fitted are used: its validation split (default), or with ``--episodes held_out``
-the episodes of the tasks it was trained without (e.g. ``--critic runs/libero_study/critic_heldout``). Prints a
-table; nothing is written.
+the episodes of the tasks it was trained without (e.g. ``--critic runs/libero_study/critic_heldout``), or with
+``--episodes all --task T`` every episode of task ``T`` for a critic trained on other rollouts. Prints a table;
+nothing is written.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
          max_rows: int = typer.Option(600, help="at most this many chunk starts (spread over episodes)"),
          critic_dir: Path = typer.Option(None, "--critic", help="critic folder (default: <run>/critic)"),
          episodes: str = typer.Option("validation", help="validation: the critic's held-out episodes of its own "
-                                      "tasks | held_out: the episodes of tasks it was trained without")) -> None:
+                                      "tasks | held_out: the episodes of tasks it was trained without | all: every "
+                                      "episode of the run (for a critic trained on other data)"),
+         task: str = typer.Option(None, help="only this task's episodes")) -> None:
     import pandas as pd
 
     from gaflow.critic.data import ChunkTable
@@ -46,8 +49,8 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
     critic_dir = critic_dir or run / "critic"
     critic = load_critic(critic_dir)
     info = json.loads((critic_dir / "critic.json").read_text())
-    if episodes not in ("validation", "held_out"):
-        raise typer.BadParameter(f"--episodes must be validation or held_out, got {episodes!r}")
+    if episodes not in ("validation", "held_out", "all"):
+        raise typer.BadParameter(f"--episodes must be validation, held_out or all, got {episodes!r}")
     table = ChunkTable.load(run / "collect" / "chunks.safetensors")
     frames = pd.concat([pd.read_parquet(p) for p in sorted((run / "collect" / "dataset" / "data").rglob("*.parquet"))])
     env = np.stack(frames["observation.environment_state"].to_numpy()).astype(np.float32)
@@ -57,9 +60,15 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
     idx = np.array([where[(int(e), int(s))] for e, s in zip(table.episode, table.step, strict=True)])
     start_z = {int(e): env[where[(int(e), 0)], 2] for e in torch.unique(table.episode)}
 
-    if not info["split"].get(episodes):
+    if episodes == "all":
+        chosen = list(range(len(table.episodes)))
+    elif info["split"].get(episodes):
+        chosen = info["split"][episodes]
+    else:
         raise typer.BadParameter(f"critic {critic_dir} has no {episodes!r} episodes in its split")
-    rows = rows_of(table, info["split"][episodes]).numpy()
+    if task is not None:
+        chosen = [e for e in chosen if table.episodes[e]["task"] == task]
+    rows = rows_of(table, chosen).numpy()
     carried = rows[[env[idx[r], 2] - start_z[int(table.episode[r])] >= lift for r in rows]]
     if len(carried) > max_rows:
         carried = carried[np.linspace(0, len(carried) - 1, max_rows).astype(int)]
