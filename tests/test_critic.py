@@ -1,5 +1,7 @@
 """Critic data, targets, episode split, training and quality metrics."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -149,3 +151,23 @@ def test_wrong_action_dim_and_single_outcome_data_are_reported():
         warnings.simplefilter("always")
         train_critic(t, CriticTrainConfig(features=("task",), hidden=(8,), epochs=1), progress=False)
     assert any("every episode in the chunk table succeeded" in str(w.message) for w in caught)
+
+
+def test_critic_report_command_prints_auc_and_progress_on_toy_rollouts(tmp_path):
+    from typer.testing import CliRunner
+
+    from gaflow.cli import app
+    from gaflow.collect import CollectConfig, collect
+
+    data = tmp_path / "collect"
+    collect(CollectConfig(policy="toy:default", env="toy", tasks=["toy-reach", "toy-reach-far"],
+                          seeds=list(range(20))), data, workers=1, progress=False)
+    res = CliRunner().invoke(app, ["train-critic", "--data", str(data), "--out", str(tmp_path / "critic"),
+                                   "--features", "state", "--hidden", "32", "--epochs", "5"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["critic-report", "--critic", str(tmp_path / "critic"), "--data", str(data),
+                                   "--out", str(tmp_path / "report")], env={"COLUMNS": "160"})
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "report" / "critic_report.json").read_text())
+    assert "progress_spearman" in res.output and -1.0 <= rep["progress_spearman"] <= 1.0
+    assert 0.0 <= rep["auc"] <= 1.0
