@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole LIBERO study of BENCHMARKS.md §11 in one command (issue #6): about 4 hours on 2 CPU cores.
+# The whole LIBERO study of BENCHMARKS.md §11 in one command (issue #6): about 5 hours on 2 CPU cores.
 #
 #   bash benchmarks/libero_study.sh            # RUNS=runs by default; every step resumes if re-run
 #
@@ -9,7 +9,8 @@
 #    validation episodes, 105 locked test episodes                                                  (§11b)
 # 3. held-out task: a critic over tasks 0 and 1 (300 + 200 rollouts), run at the strength step 2 locked, on
 #    task 5's 105 test episodes, which it never saw                                                 (§11c)
-# 4. the scripted expert without noise on all 500 libero_spatial episodes                          (§8)
+# 4. single-task replicate on task 1, reusing step 3's task-1 rollouts                              (§11b)
+# 5. the scripted expert without noise on all 500 libero_spatial episodes                          (§8)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
@@ -28,11 +29,14 @@ uv run gaflow collect --policy "$POLICY" --env "$ENV" --tasks 1 --seeds critic:2
 uv run gaflow eval --policy "$POLICY" --env "$ENV" --tasks 5 --seeds test:105 --critic "$RUNS/libero_heldout2/critic" \
     --locked "$RUNS/libero_t0v2/sweep/locked.json" --arms unguided,guided --out "$RUNS/libero_heldout2/test"
 
+uv run gaflow demo --preset libero --tasks 1 --policy "$POLICY" --critic-episodes 200 --validation-episodes 30 \
+    --test-episodes 105 --grid 0.1,0.2,0.4 --out "$RUNS/libero_t1"
+
 [ -f "$RUNS/libero_expert_spatial_final.json" ] || \
     uv run python benchmarks/libero_expert.py --suite libero_spatial --workers 2 \
         --out "$RUNS/libero_expert_spatial_final.json"
 
-for m in libero_study/test libero_study/test_heldout libero_t0v2/test libero_heldout2/test; do
+for m in libero_study/test libero_study/test_heldout libero_t0v2/test libero_t1/test libero_heldout2/test; do
     echo "## $m"; uv run python benchmarks/study_table.py "$RUNS/$m/metrics.json"
 done
 uv run python benchmarks/libero_guidance_direction.py --run "$RUNS/libero_t0v2" --rho 0.1,0.2,0.4
