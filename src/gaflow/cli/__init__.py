@@ -14,6 +14,11 @@ app = typer.Typer(
 )
 
 
+def comma_list(text: str | None) -> list[str]:
+    """``"push, pick-place,"`` → ``["push", "pick-place"]``: a comma-separated option, blanks dropped."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
 @app.callback()
 def main() -> None:
     """gaflow: test-time Q-guidance for frozen flow-matching robot policies."""
@@ -34,4 +39,4 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["app"]
+__all__ = ["app", "comma_list"]

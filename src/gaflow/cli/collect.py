@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from gaflow.cli import app
+from gaflow.cli import app, comma_list
 
 
 @app.command()
@@ -38,7 +38,7 @@ def collect(
 
     seed_list, split_name = resolve_seeds(seeds, split_for_env(env))
     cfg = CollectConfig(
-        policy=policy, env=env, tasks=[t.strip() for t in tasks.split(",") if t.strip()], seeds=seed_list,
+        policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list,
         guidance=json.loads(guidance.read_text()) if guidance else None, critic=str(critic) if critic else None,
         n_action_steps=n_action_steps, num_steps=num_steps, num_candidates=num_candidates, select=select,
         noise_seed=noise_seed, image_size=image_size, max_steps=max_steps, record_images=images,

@@ -9,11 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gaflow.cli import app
-
-
-def _split(text: str | None) -> tuple[str, ...]:
-    return tuple(t.strip() for t in (text or "").split(",") if t.strip())
+from gaflow.cli import app, comma_list
 
 
 @app.command("train-critic")
@@ -38,12 +34,12 @@ def train_critic_cmd(
     from gaflow.critic.data import ChunkTable
     from gaflow.critic.train import CriticTrainConfig, train_critic
 
-    tables = [ChunkTable.load(Path(d) / "chunks.safetensors") for d in _split(data)]
+    tables = [ChunkTable.load(Path(d) / "chunks.safetensors") for d in comma_list(data)]
     table = ChunkTable.concat(tables) if len(tables) > 1 else tables[0]
-    cfg = CriticTrainConfig(target=target, arch=arch, features=_split(features),
-                            hidden=tuple(int(h) for h in _split(hidden)), members=members, epochs=epochs,
+    cfg = CriticTrainConfig(target=target, arch=arch, features=comma_list(features),
+                            hidden=tuple(int(h) for h in comma_list(hidden)), members=members, epochs=epochs,
                             batch_size=batch_size, lr=lr, gamma=gamma, val_fraction=val_fraction, patience=patience,
-                            held_out_tasks=_split(held_out_tasks), seed=seed)
+                            held_out_tasks=comma_list(held_out_tasks), seed=seed)
     _, metrics, split = train_critic(table, cfg, out_dir=out)
     Console().print(f"[bold]train-critic[/bold]: best validation loss {metrics['best_val_loss']:.4f} at epoch "
                     f"{metrics['best_epoch']} ({metrics['train_chunks']} train / {metrics['validation_chunks']} "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gaflow.cli import app
+from gaflow.cli import app, comma_list
 
 
 @app.command()
@@ -29,17 +29,15 @@ def demo(
     from gaflow.pipeline import preset as make_preset
     from gaflow.pipeline import run_pipeline
 
-    def items(text: str | None) -> list[str] | None:
-        return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+    def given(text: str | None) -> list[str] | None:  # None: keep the preset's value
+        return None if text is None else comma_list(text)
 
-    held = items(heldout_tasks)
     try:
-        rhos = None if grid is None else [float(r) for r in items(grid)]
+        rhos = None if grid is None else [float(r) for r in comma_list(grid)]
     except ValueError:
         raise typer.BadParameter(f"--grid must be comma-separated numbers, got {grid!r}") from None
-    cfg = make_preset(preset, tasks=items(tasks) or None, policy=policy,
-                      heldout_tasks=held,
+    cfg = make_preset(preset, tasks=comma_list(tasks) or None, policy=policy, heldout_tasks=given(heldout_tasks),
                       test_episodes=test_episodes, validation_episodes=validation_episodes,
                       critic_episodes=critic_episodes, workers=workers, grid=rhos,
-                      critic_features=items(critic_features))
+                      critic_features=given(critic_features))
     run_pipeline(cfg, out or Path("runs") / f"demo-{preset}")

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from gaflow.cli import app
+from gaflow.cli import app, comma_list
 
 
 @app.command()
@@ -42,7 +42,7 @@ def demos(
     from gaflow.data.demos import DemoConfig, write_demos
 
     cfg = DemoConfig(
-        tasks=[t.strip() for t in tasks.split(",") if t.strip()],
+        tasks=comma_list(tasks),
         episodes_per_task=episodes_per_task,
         noise=noise,
         seed_start=seed_start,

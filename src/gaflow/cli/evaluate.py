@@ -8,11 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from gaflow.cli import app
-
-
-def _list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from gaflow.cli import app, comma_list
 
 
 def _grid(items: list[str]) -> dict[str, list]:
@@ -49,7 +45,7 @@ def sweep(
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env), purpose="tune")
     configs = grid_configs(json.loads(base.read_text()) if base else {}, _grid(grid))
-    ev = EvalConfig(policy=policy, env=env, tasks=_list(tasks), seeds=seed_list, split=split, critic=str(critic),
+    ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split, critic=str(critic),
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps)
     res = run_sweep(ev, configs, out, workers=workers)
     print_eval(res["metrics"], f"sweep [{split}]")
@@ -86,7 +82,7 @@ def eval_cmd(
     from gaflow.evaluation.sweep import load_locked, record_test_use
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env))
-    arm_names = _list(arms)
+    arm_names = comma_list(arms)
     guided_cfg, lock_meta, lk = None, None, None
     if locked is not None:
         lk = load_locked(locked)
@@ -99,7 +95,7 @@ def eval_cmd(
     needs_guidance = any(a != "unguided" for a in arm_names)
     if split in ("test", "mixed") and needs_guidance and lk is None:
         raise typer.BadParameter("the test split runs only a config locked by `gaflow sweep` (--locked)")
-    ev = EvalConfig(policy=policy, env=env, tasks=_list(tasks), seeds=seed_list, split=split,
+    ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split,
                     arms=standard_arms(guided_cfg, arm_names), critic=str(critic) if critic else None,
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps, noise_seed=noise_seed)
     records = run_eval(ev, out, workers=workers)

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gaflow.cli import app
+from gaflow.cli import app, comma_list
 
 
 @app.command("train-policy")
@@ -87,7 +87,7 @@ def eval_policy_cmd(
     from gaflow.io import atomic_write_json
     from gaflow.rollouts import evaluate_policy, parse_seeds
 
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()]
+    task_list = comma_list(tasks)
     seed_list = parse_seeds(seeds)
     results = evaluate_policy(str(policy), task_list, seed_list, n_action_steps=n_action_steps,
                               num_steps=num_steps, noise_seed=noise_seed, camera=camera, max_steps=max_steps,
