@@ -34,31 +34,24 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
                                       "tasks | held_out: the episodes of tasks it was trained without | all: every "
                                       "episode of the run (for a critic trained on other data)"),
          task: str = typer.Option(None, help="only this task's episodes")) -> None:
-    import pandas as pd
-
+    from gaflow.cli import comma_list
     from gaflow.critic.data import ChunkTable
+    from gaflow.critic.report import observations_at
     from gaflow.critic.train import load_critic, rows_of
+    from gaflow.envs.base import ENV_STATE_KEY, stack_observations
     from gaflow.guidance import Guidance, GuidanceConfig
     from gaflow.policies.registry import load_policy
     from gaflow.sampler import sample_chunks
 
     torch.set_num_threads(1)
+    if episodes not in ("validation", "held_out", "all"):
+        raise typer.BadParameter(f"--episodes must be validation, held_out or all, got {episodes!r}")
     cfg = json.loads((run / "pipeline.json").read_text())
-    policy_spec = cfg["policy"] or f"compact:{run / 'policy'}"
-    policy = load_policy(policy_spec)
+    policy = load_policy(cfg["policy"] or f"compact:{run / 'policy'}")
     critic_dir = critic_dir or run / "critic"
     critic = load_critic(critic_dir)
     info = json.loads((critic_dir / "critic.json").read_text())
-    if episodes not in ("validation", "held_out", "all"):
-        raise typer.BadParameter(f"--episodes must be validation, held_out or all, got {episodes!r}")
     table = ChunkTable.load(run / "collect" / "chunks.safetensors")
-    frames = pd.concat([pd.read_parquet(p) for p in sorted((run / "collect" / "dataset" / "data").rglob("*.parquet"))])
-    env = np.stack(frames["observation.environment_state"].to_numpy()).astype(np.float32)
-    state = np.stack(frames["observation.state"].to_numpy()).astype(np.float32)
-    pairs = zip(frames["episode_index"], frames["frame_index"], strict=True)
-    where = {(int(e), int(f)): i for i, (e, f) in enumerate(pairs)}
-    idx = np.array([where[(int(e), int(s))] for e, s in zip(table.episode, table.step, strict=True)])
-    start_z = {int(e): env[where[(int(e), 0)], 2] for e in torch.unique(table.episode)}
 
     if episodes == "all":
         chosen = list(range(len(table.episodes)))
@@ -68,21 +61,26 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
         raise typer.BadParameter(f"critic {critic_dir} has no {episodes!r} episodes in its split")
     if task is not None:
         chosen = [e for e in chosen if table.episodes[e]["task"] == task]
-    rows = rows_of(table, chosen).numpy()
-    carried = rows[[env[idx[r], 2] - start_z[int(table.episode[r])] >= lift for r in rows]]
+    rows = rows_of(table, chosen)
+    # the recorded observation each chunk was sampled from (the critic report's reader of the episode files)
+    obs = observations_at(run / "collect", table, rows)
+    if len(obs) != len(rows):
+        raise ValueError(f"{run / 'collect'}: {len(rows) - len(obs)} chunk starts have no recorded frame")
+    height = np.array([o[ENV_STATE_KEY][2] for o in obs])  # the first object's z
+    first = table.step[rows] == 0  # every episode's first chunk starts at step 0
+    start = dict(zip(table.episode[rows][first].tolist(), height[first.numpy()], strict=True))
+    carried = [i for i, r in enumerate(rows.tolist()) if height[i] - start[int(table.episode[r])] >= lift]
     if len(carried) > max_rows:
-        carried = carried[np.linspace(0, len(carried) - 1, max_rows).astype(int)]
-    if len(carried) == 0:
-        raise typer.BadParameter(f"no chunk start of the critic's held-out episodes has the object lifted ≥ {lift} m")
-    tasks = [table.episodes[int(table.episode[r])]["description"] for r in carried]
-    obs = {"observation.state": torch.from_numpy(state[idx[carried]]),
-           "observation.environment_state": torch.from_numpy(env[idx[carried]]), "task": tasks}
+        carried = [carried[i] for i in np.linspace(0, len(carried) - 1, max_rows).astype(int)]
+    if not carried:
+        raise typer.BadParameter(f"no chunk start of the chosen episodes has the object lifted ≥ {lift} m")
+    batch = stack_observations([obs[i] for i in carried])
     steps = policy.config.n_action_steps
     with torch.no_grad():
-        context = policy.encode(obs)
+        context = policy.encode(batch)
         noise = torch.randn(len(carried), policy.spec.chunk_len, policy.spec.padded_dim,
                             generator=torch.Generator().manual_seed(0))
-        arms = [("unguided", None)] + [(f"ρ={r}", float(r)) for r in rho.split(",")]
+        arms = [("unguided", None)] + [(f"ρ={r}", float(r)) for r in comma_list(rho)]
         print(f"{len(carried)} chunk starts with the object carried ({episodes} episodes of {critic_dir}, {run})")
         print("| arm | dx | dy | dz | gripper | gripper < 0 (opening) |")
         print("|---|---|---|---|---|---|")
