@@ -40,3 +40,5 @@ for m in libero_study/test libero_study/test_heldout libero_t0v2/test libero_t1/
     echo "## $m"; uv run python benchmarks/study_table.py "$RUNS/$m/metrics.json"
 done
 uv run python benchmarks/libero_guidance_direction.py --run "$RUNS/libero_t0v2" --rho 0.1,0.2,0.4
+uv run python benchmarks/libero_failures.py --data "$RUNS/libero_t0v2/collect" --task 0
+uv run python benchmarks/libero_failures.py --data "$RUNS/libero_study/collect" --task 5
