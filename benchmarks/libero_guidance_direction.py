@@ -38,8 +38,8 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
     from gaflow.critic.data import ChunkTable
     from gaflow.critic.report import observations_at
     from gaflow.critic.train import load_critic, rows_of
-    from gaflow.envs.base import ENV_STATE_KEY, stack_observations
     from gaflow.guidance import Guidance, GuidanceConfig
+    from gaflow.observations import ENV_STATE_KEY, stack_observations
     from gaflow.policies.registry import load_policy
     from gaflow.sampler import sample_chunks
 

@@ -12,7 +12,7 @@ pytest.importorskip("lerobot")
 
 from gaflow.data.dataset import DatasetError, episode_table, load_dataset  # noqa: E402
 from gaflow.data.demos import features  # noqa: E402
-from gaflow.envs.base import stack_observations  # noqa: E402
+from gaflow.observations import stack_observations  # noqa: E402
 
 SIZE = 8
 LENGTHS = (5, 7)

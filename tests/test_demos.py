@@ -80,7 +80,7 @@ def test_stored_image_is_the_rendered_observation(demo_dir):
     env = MetaWorldEnv("reach", image_size=SIZE)
     obs = env.reset(seed=0)
     env.close()
-    from gaflow.envs.base import stack_observations
+    from gaflow.observations import stack_observations
 
     assert np.array_equal(ds[0]["observation.image"].numpy(), stack_observations([obs])["observation.image"][0].numpy())
 

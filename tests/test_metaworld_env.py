@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gaflow.envs.base import stack_observations
+from gaflow.observations import stack_observations
 
 pytest.importorskip("metaworld")
 

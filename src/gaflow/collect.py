@@ -31,9 +31,9 @@ import torch
 from safetensors import safe_open
 
 from gaflow.critic.data import ChunkTable
-from gaflow.envs.base import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
 from gaflow.io import atomic_save_safetensors, atomic_write_text, job_folder
 from gaflow.jobs import chunked, run_batches
+from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from gaflow.policies.base import TimeConvention
+from gaflow.protocol import TimeConvention
 
 
 def time_grid(convention: TimeConvention, num_steps: int) -> torch.Tensor:

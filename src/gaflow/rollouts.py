@@ -12,7 +12,7 @@ Noise. The initial noise of every chunk comes from one generator per episode see
 from identical noise. Guidance controls draw from their own generators and never touch this stream.
 
 Environments follow ``gaflow.envs``: ``reset(seed) -> obs``, ``step(action) -> (obs, success, done, info)``;
-observations are stacked with :func:`gaflow.envs.base.stack_observations`.
+observations are stacked with :func:`gaflow.observations.stack_observations`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def run_episode(
     ``n_action_steps`` defaults to ``policy.config.n_action_steps`` when the policy has one, else the chunk
     length. ``record=False`` keeps only the summary (no per-chunk records).
     """
-    from gaflow.envs.base import stack_observations
+    from gaflow.observations import stack_observations
 
     spec = policy.spec
     cfg = sampler_config or SamplerConfig()

@@ -17,18 +17,18 @@ critic step re-enables autograd in a narrow scope on tensors cloned out of infer
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from gaflow.convention import step_size, time_grid
+from gaflow.guidance.autograd import autograd_enabled, normal_tensors
 from gaflow.guidance.config import Guidance
 from gaflow.guidance.diagnostics import GuidanceDiagnostics
 from gaflow.guidance.estimators import FlowStep, posthoc_ascent
 from gaflow.guidance.strength import project_trust_region
-from gaflow.policies.base import expand_context
+from gaflow.protocol import expand_context
 
 
 @dataclass
@@ -58,24 +58,6 @@ class SampleResult:
     values: torch.Tensor | None  # (B, N) critic aggregate of each final candidate (best-of-N or score_candidates)
     diagnostics: GuidanceDiagnostics | None  # over all B·N candidates, (num_steps, B·N) per field
     features: dict[str, torch.Tensor] | None = None  # critic features of the observations, (B, F)
-
-
-@contextlib.contextmanager
-def _autograd_enabled():
-    """Re-enable autograd inside ``no_grad`` / ``inference_mode`` for the critic's gradient only."""
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def _normal(x: Any) -> Any:
-    """Clone inference tensors (in a tree) so autograd may save them; leaves normal tensors alone."""
-    if isinstance(x, torch.Tensor):
-        return x.clone() if x.is_inference() else x
-    if isinstance(x, dict):
-        return {k: _normal(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_normal(v) for v in x)
-    return x
 
 
 def sample_chunks(
@@ -128,9 +110,9 @@ def sample_chunks(
     grid = time_grid(spec.convention, num_steps)
     diag, objective = None, None
     if guidance is not None:
-        with _autograd_enabled():  # buffers and features must be normal tensors, not inference tensors
+        with autograd_enabled():  # buffers and features must be normal tensors, not inference tensors
             diag = GuidanceDiagnostics.empty(num_steps, bn)
-            feats = {k: _normal(v).repeat_interleave(n, dim=0) for k, v in (features or {}).items()}
+            feats = {k: normal_tensors(v).repeat_interleave(n, dim=0) for k, v in (features or {}).items()}
             objective = guidance.objective(feats)
     guiding = guidance is not None and guidance.active
     needs_graph = guiding and guidance.config.estimator in ("clean_jacobian", "bptt")
@@ -148,17 +130,17 @@ def sample_chunks(
         if w == 0.0:
             return velocity(x_, t_)
         v = None if needs_graph else velocity(x_, t_)
-        with _autograd_enabled():
+        with autograd_enabled():
             step = FlowStep(
-                x=_normal(x_), t=_normal(t_), step=k, grid=grid, convention=spec.convention, action_dim=d,
+                x=normal_tensors(x_), t=normal_tensors(t_), step=k, grid=grid, convention=spec.convention, action_dim=d,
                 velocity_fn=graph_velocity if needs_graph else velocity,
-                velocity=None if v is None else _normal(v),
+                velocity=None if v is None else normal_tensors(v),
             )
             return guidance.guided_velocity(step, objective, w, diag if record else None)
 
     if needs_graph:
-        with _autograd_enabled():
-            graph_ctx = _normal(ctx)
+        with autograd_enabled():
+            graph_ctx = normal_tensors(ctx)
     tr = guidance.config.trust_region if guiding else None
     x_ref = x.clone() if tr is not None else None
 
@@ -185,15 +167,15 @@ def sample_chunks(
 
     values = None
     if guidance is not None:
-        with _autograd_enabled():
+        with autograd_enabled():
             if guidance.config.posthoc_steps > 0:
                 x_post, skipped = posthoc_ascent(
-                    _normal(x), objective, guidance.config.posthoc_steps, guidance.config.posthoc_lr, d
+                    normal_tensors(x), objective, guidance.config.posthoc_steps, guidance.config.posthoc_lr, d
                 )
                 x = x_post.detach()
                 diag.posthoc_skipped = skipped
             if cfg.select == "best" or cfg.score_candidates:
-                values = objective.value(_normal(x)[..., :d]).aggregate.reshape(batch, n)
+                values = objective.value(normal_tensors(x)[..., :d]).aggregate.reshape(batch, n)
     candidates = x.reshape(batch, n, *shape_tail)
     if cfg.select == "best":
         scores = torch.nan_to_num(values, nan=float("-inf"))

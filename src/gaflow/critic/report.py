@@ -36,7 +36,7 @@ def heldout_rows(table: ChunkTable, critic_dir: Path, same_data: bool) -> tuple[
 def observations_at(collect_dir: Path, table: ChunkTable, rows: torch.Tensor) -> list[dict]:
     """Rebuild the env observation each chunk was sampled from (recorded frames of the episode files)."""
     from gaflow.collect import episode_path, read_episode
-    from gaflow.envs.base import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
+    from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
     cache: dict[int, tuple[dict, dict]] = {}
     obs = []
@@ -59,8 +59,8 @@ def observations_at(collect_dir: Path, table: ChunkTable, rows: torch.Tensor) ->
 
 def guidance_strength(policy, critic, guidance_cfg, observations: list[dict], batch: int = 16, seed: int = 0):
     """Per (step, sample) diagnostics of the guided sampler on real observations → flat arrays."""
-    from gaflow.envs.base import stack_observations
     from gaflow.guidance import Guidance
+    from gaflow.observations import stack_observations
     from gaflow.sampler import sample_chunks
 
     g = Guidance(critic, guidance_cfg)

@@ -3,7 +3,7 @@
 ``load_dataset(root, chunk_len=H)`` returns LeRobot's own ``LeRobotDataset``: item ``i`` is frame ``i`` with
 ``action`` replaced by the chunk of the next H actions (``(H, 4)``) and ``action_is_pad`` (``(H,)`` bool) true
 where the chunk runs past the episode's end (LeRobot repeats the last action there). Images come as float32
-``(3, H, W)`` in [0, 1] — the format :func:`gaflow.envs.base.stack_observations` produces from the env.
+``(3, H, W)`` in [0, 1] — the format :func:`gaflow.observations.stack_observations` produces from the env.
 Per-frame features of shape ``(1,)`` (``episode.seed``, ``next.success``, ...) come back as scalars.
 
 The folder is checked before LeRobot sees it: LeRobot would otherwise create a missing folder and try to

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from gaflow.envs.base import ENV_STATE_KEY, STATE_KEY, TASK_KEY
+from gaflow.observations import ENV_STATE_KEY, STATE_KEY, TASK_KEY
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 # Step caps used by the community (LIBERO / OpenVLA / SmolVLA evaluations), counted after the settle steps.

@@ -1,5 +1,5 @@
 """MetaWorld v3 tasks behind one small interface: ``reset(seed) -> obs``, ``step(action) -> (obs, success, done,
-info)``, observations keyed with LeRobot's feature names (see :mod:`gaflow.envs.base`).
+info)``, observations keyed with LeRobot's feature names (see :mod:`gaflow.observations`).
 
 Episode identity. An episode is named by ``(task, seed)``. Its initial state — object and goal placement *and*
 the simulator state — is a deterministic function of that pair, independent of the process, of earlier episodes
@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from gaflow.envs.base import ENV_STATE_KEY, IMAGE_KEY, STATE_DIM, STATE_KEY, TASK_KEY
+from gaflow.envs.base import STATE_DIM
 from gaflow.envs.render import configure_gl_backend, import_mujoco
+from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
 configure_gl_backend()  # must precede the first `import mujoco` (metaworld imports it)
 

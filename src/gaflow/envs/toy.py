@@ -3,7 +3,7 @@
 The point starts at a random position and must get within ``tolerance`` of a random goal in ``max_steps`` steps;
 each action (2-d, clipped to [−1, 1]) moves it by ``step_size·action``. The initial state is a deterministic
 function of ``(task, seed)`` (SHA-256 seeded), like every gaflow env. Observations follow
-:mod:`gaflow.envs.base`: ``observation.state`` = ``[x, y, goal_x, goal_y]``; no image.
+:mod:`gaflow.observations`: ``observation.state`` = ``[x, y, goal_x, goal_y]``; no image.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 
 import numpy as np
 
-from gaflow.envs.base import ENV_STATE_KEY, STATE_KEY, TASK_KEY
+from gaflow.observations import ENV_STATE_KEY, STATE_KEY, TASK_KEY
 
 TOY_TASKS = {"toy-reach": "move the point to the goal", "toy-reach-far": "move the point to the distant goal"}
 

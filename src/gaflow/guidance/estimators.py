@@ -24,7 +24,7 @@ import torch
 
 from gaflow.convention import clean_estimate, step_size
 from gaflow.guidance.objective import CriticObjective, CriticValue
-from gaflow.policies.base import TimeConvention
+from gaflow.protocol import TimeConvention
 
 EstimatorName = Literal["noisy_point", "clean_estimate", "clean_jacobian", "bptt"]
 ESTIMATORS: tuple[str, ...] = ("noisy_point", "clean_estimate", "clean_jacobian", "bptt")

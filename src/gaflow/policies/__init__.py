@@ -1,14 +1,14 @@
-"""Base flow policies behind one protocol (see :mod:`gaflow.policies.base`)."""
+"""Base flow policies behind one protocol (see :mod:`gaflow.protocol`)."""
 
-from gaflow.policies.base import (
+from gaflow.policies.callable import CallablePolicy, ConventionFlip
+from gaflow.policies.gaussian import GaussianFlowPolicy
+from gaflow.policies.registry import load_policy
+from gaflow.protocol import (
     FlowPolicy,
     PolicySpec,
     TimeConvention,
     expand_context,
 )
-from gaflow.policies.callable import CallablePolicy, ConventionFlip
-from gaflow.policies.gaussian import GaussianFlowPolicy
-from gaflow.policies.registry import load_policy
 
 __all__ = [
     "CallablePolicy",

@@ -1,4 +1,4 @@
-"""Adapters that turn plain callables into :class:`~gaflow.policies.base.FlowPolicy` objects."""
+"""Adapters that turn plain callables into :class:`~gaflow.protocol.FlowPolicy` objects."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from gaflow.policies.base import PolicySpec, TimeConvention, expand_context
+from gaflow.protocol import PolicySpec, TimeConvention, expand_context
 
 
 class CallablePolicy:

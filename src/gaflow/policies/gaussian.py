@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from gaflow.policies.base import PolicySpec, TimeConvention
+from gaflow.protocol import PolicySpec, TimeConvention
 
 
 class GaussianFlowPolicy:

@@ -45,7 +45,7 @@ LOADERS: dict[str, Callable[..., Any]] = {
 
 
 def load_policy(spec: str, **kwargs: Any):
-    """A frozen base policy (a :class:`~gaflow.policies.base.FlowPolicy`) from ``"<scheme>:<location>"``.
+    """A frozen base policy (a :class:`~gaflow.protocol.FlowPolicy`) from ``"<scheme>:<location>"``.
 
     Keyword arguments go to the scheme's loader (for ``lerobot:``: ``device``, ``tokenizer``).
     """

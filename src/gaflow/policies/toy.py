@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from gaflow.envs.base import STATE_KEY
-from gaflow.policies.base import PolicySpec, TimeConvention
+from gaflow.observations import STATE_KEY
 from gaflow.policies.gaussian import GaussianFlowPolicy
+from gaflow.protocol import PolicySpec, TimeConvention
 
 
 class ToyReachPolicy:

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gaflow.policies.base import PolicySpec, TimeConvention
+from gaflow.protocol import PolicySpec, TimeConvention
 
 TEXT_ENCODERS = ("minilm", "hashed")
 

@@ -2,11 +2,11 @@
 into one context vector per observation, and a FiLM-conditioned residual MLP ("action expert") that predicts the
 flow velocity of a whole action chunk ``(B, H, action_dim)``.
 
-It implements the :class:`~gaflow.policies.base.FlowPolicy` protocol (``padded_dim == action_dim``; LeRobot time
+It implements the :class:`~gaflow.protocol.FlowPolicy` protocol (``padded_dim == action_dim``; LeRobot time
 convention, see :mod:`gaflow.policies.compact.config`):
 
 * ``encode(batch)`` — runs the image/text/state encoders **once per chunk**; the context is a plain dict of
-  ``(B, ·)`` tensors, so the generic :func:`~gaflow.policies.base.expand_context` repeats it for candidates.
+  ``(B, ·)`` tensors, so the generic :func:`~gaflow.protocol.expand_context` repeats it for candidates.
 * ``velocity(context, x_t, t)`` — only the action expert runs (cheap, every flow step).
 * ``critic_features(context)`` — ``{"observation": (B, hidden_dim), "image": (B, image_feature_dim) [if images],
   "task": (B, 384), "state": (B, state_dim) [if proprio], "env_state": (B, env_state_dim) [if env state]}``: the
@@ -14,7 +14,7 @@ convention, see :mod:`gaflow.policies.compact.config`):
   frozen sentence embedding of the task string, and the *normalised* proprio and simulator state.
 * ``decode_actions(chunk)`` — unnormalises a chunk from the policy's (mean/std-normalised) action space.
 
-Batches use the LeRobot layout produced by ``gaflow.envs.base.stack_observations`` and by LeRobotDataset:
+Batches use the LeRobot layout produced by ``gaflow.observations.stack_observations`` and by LeRobotDataset:
 ``"observation.image"`` float ``(B, 3, S, S)`` in ``[0, 1]`` (uint8 is accepted and scaled),
 ``"observation.state"`` ``(B, 4)``, ``"observation.environment_state"`` ``(B, 39)``, ``"task"`` ``list[str]``
 (training may pass ``"task_embedding"`` ``(B, 384)`` instead of strings).
@@ -48,9 +48,9 @@ from torch import nn
 
 from gaflow.io import atomic_save_safetensors, atomic_write, atomic_write_text
 from gaflow.normalize import Normalizer
-from gaflow.policies.base import PolicySpec
 from gaflow.policies.compact.config import CompactPolicyConfig
 from gaflow.policies.compact.text import TextEncoder, make_text_encoder
+from gaflow.protocol import PolicySpec
 
 IMAGE_KEY = "observation.image"
 STATE_KEY = "observation.state"

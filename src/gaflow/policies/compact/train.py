@@ -37,7 +37,6 @@ import torch
 from gaflow.convention import interpolate, target_velocity
 from gaflow.io import atomic_write_text
 from gaflow.normalize import Normalizer, compute_stats
-from gaflow.policies.base import expand_context
 from gaflow.policies.compact.config import CompactPolicyConfig
 from gaflow.policies.compact.modeling import (
     ACTION_KEY,
@@ -48,6 +47,7 @@ from gaflow.policies.compact.modeling import (
     CompactFlowPolicy,
     read_checkpoint_config,
 )
+from gaflow.protocol import expand_context
 
 TRAIN_STATE_FILE = "train_state.pt"
 

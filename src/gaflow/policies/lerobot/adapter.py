@@ -1,4 +1,4 @@
-"""A frozen LeRobot flow policy (SmolVLA, π0, π0.5) behind gaflow's :class:`~gaflow.policies.base.FlowPolicy`.
+"""A frozen LeRobot flow policy (SmolVLA, π0, π0.5) behind gaflow's :class:`~gaflow.protocol.FlowPolicy`.
 
 * ``encode(obs)`` runs the policy's own preprocessor (normalisation, tokenisation), prepares images/state the way
   ``predict_action_chunk`` does, and builds the prefix KV cache **once per chunk**; it also pools the critic
@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from gaflow.policies.base import PolicySpec, TimeConvention
 from gaflow.policies.lerobot.features import PrefixCapture, pooled_features
+from gaflow.protocol import PolicySpec, TimeConvention
 
 ACTION = "action"
 OBS_STATE = "observation.state"

@@ -21,7 +21,7 @@ VLM+expert module's ``forward`` (records the prefix output and attention mask of
 same batch; no extra VLM pass is run. The last chunk's features and per-step diagnostics stay on the hook.
 
 LeRobot runs this under ``no_grad``; the critic's gradient is taken in a narrow scope with autograd re-enabled on
-tensors cloned out of inference mode (the sampler's own ``_autograd_enabled`` / ``_normal``). Use
+tensors cloned out of inference mode (:mod:`gaflow.guidance.autograd`, shared with the sampler). Use
 ``predict_action_chunk`` (``select_action`` refuses RTC). Hook mode guides velocities only: estimators that
 differentiate through the policy (``clean_jacobian``, ``bptt``), the trust region, post-hoc ascent and best-of-N
 need the explicit loop (:func:`gaflow.sampler.sample_chunks`). Attaching replaces any RTC processor the policy had.
@@ -35,12 +35,12 @@ from typing import Any
 import torch
 
 from gaflow.convention import time_grid
+from gaflow.guidance.autograd import autograd_enabled, normal_tensors
 from gaflow.guidance.config import Guidance
 from gaflow.guidance.diagnostics import GuidanceDiagnostics
 from gaflow.guidance.estimators import FlowStep
-from gaflow.policies.base import TimeConvention
 from gaflow.policies.lerobot.features import PrefixCapture, pad_mask_from_attention
-from gaflow.sampler import _autograd_enabled, _normal
+from gaflow.protocol import TimeConvention
 
 _MISSING = object()
 HOOK_ESTIMATORS = ("noisy_point", "clean_estimate", "none")
@@ -161,11 +161,11 @@ class LeRobotGuidanceHook:
         if w == 0.0:
             return v
         t = torch.full((x_t.shape[0],), float(time), dtype=torch.float32, device=x_t.device)
-        with _autograd_enabled():
+        with autograd_enabled():
             step = FlowStep(
-                x=_normal(x_t), t=t, step=k, grid=chunk["grid"], convention=TimeConvention.LEROBOT,
+                x=normal_tensors(x_t), t=t, step=k, grid=chunk["grid"], convention=TimeConvention.LEROBOT,
                 action_dim=self.adapter.spec.action_dim, velocity_fn=original_denoise_step_partial,
-                velocity=_normal(v),
+                velocity=normal_tensors(v),
             )
             return g.guided_velocity(step, chunk["objective"], w, self.diagnostics)
 
@@ -203,8 +203,8 @@ class LeRobotGuidanceHook:
                 state=chunk["state"],
             )
             self.features = self.adapter.features_from_capture(cap)
-        with _autograd_enabled():  # buffers and features must be normal tensors, not inference tensors
-            chunk["objective"] = self.guidance.objective({k: _normal(v) for k, v in self.features.items()})
+        with autograd_enabled():  # buffers and features must be normal tensors, not inference tensors
+            chunk["objective"] = self.guidance.objective({k: normal_tensors(v) for k, v in self.features.items()})
             self.diagnostics = GuidanceDiagnostics.empty(chunk["num_steps"], x_t.shape[0])
         chunk["prefix"] = None  # free the prefix output; the features are all we need
         self.chunks += 1

@@ -1,4 +1,6 @@
-"""The one protocol every base policy implements, and the two flow time conventions.
+"""The bottom layer: the one protocol every base policy implements, and the two flow time conventions.
+
+Torch only; every other gaflow module may import this one, and this one imports no other gaflow module.
 
 A base policy is *frozen*: gaflow never changes its weights. It answers four things:
 
