@@ -41,6 +41,7 @@ from gaflow.guidance import CriticObjective, Guidance, GuidanceConfig
 from gaflow.policies import CallablePolicy
 from gaflow.policies.lerobot import wrap_lerobot_policy
 from gaflow.policies.lerobot.tiny import OfflineModelConfig, build_offline_policy, example_observation
+from gaflow.runtime import LeRobotGuidanceHook
 from gaflow.sampler import sample_chunks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -107,7 +108,7 @@ def main() -> None:
     n_critic = sum(p.numel() for p in critic.parameters()) // args.members
     gcfg = GuidanceConfig(estimator="clean_estimate", scale=1 / 3, clip=1.0, gate_k=20.0, gate_min=0.1)
     guidance = Guidance(critic, gcfg)
-    hook = adapter.guidance_hook(guidance)
+    hook = LeRobotGuidanceHook(adapter, guidance)
 
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
 

@@ -36,8 +36,8 @@ def main(run: Path = typer.Option(..., help="pipeline run folder (collect/, crit
          task: str = typer.Option(None, help="only this task's episodes")) -> None:
     from gaflow.cli import comma_list
     from gaflow.critic.data import ChunkTable
-    from gaflow.critic.report import observations_at
     from gaflow.critic.train import load_critic, rows_of
+    from gaflow.evaluation.critic_check import observations_at
     from gaflow.guidance import Guidance, GuidanceConfig
     from gaflow.observations import ENV_STATE_KEY, stack_observations
     from gaflow.policies.registry import load_policy

@@ -8,7 +8,6 @@ from helpers import LinearCritic
 
 from gaflow.critic import EnsembleMLPCritic
 from gaflow.guidance import Guidance, GuidanceConfig
-from gaflow.policies.lerobot import LeRobotGuidanceHook
 from gaflow.policies.lerobot.tiny import (
     FAMILIES,
     OfflineModelConfig,
@@ -16,6 +15,7 @@ from gaflow.policies.lerobot.tiny import (
     save_offline_checkpoint,
 )
 from gaflow.policies.registry import load_policy
+from gaflow.runtime import LeRobotGuidanceHook
 from gaflow.sampler import sample_chunks
 
 torch.set_num_threads(1)
@@ -47,7 +47,7 @@ def test_hook_guidance_raises_critic_value_in_lerobot_predict_action_chunk(adapt
     critic = _critic(ad, 1)
     obs, noise = example_observation(ad.config, B, seed=2), _noise(ad, 3)
     base = ad.lerobot_chunk(obs, noise=noise.clone())
-    with ad.guidance_hook(Guidance(critic, GuidanceConfig(scale=0.3))) as hook:
+    with LeRobotGuidanceHook(ad, Guidance(critic, GuidanceConfig(scale=0.3))) as hook:
         guided = ad.lerobot_chunk(obs, noise=noise.clone())
     q = lambda a: critic({}, a)[0]  # noqa: E731
     assert (q(guided) > q(base) + 1.0).all()  # sign right in LeRobot's t: 1 → 0 convention
@@ -58,7 +58,7 @@ def test_hook_guidance_raises_critic_value_in_lerobot_predict_action_chunk(adapt
 def test_hook_features_equal_explicit_loop_features(adapters, family):
     ad = adapters[family]
     obs = example_observation(ad.config, B, seed=4)
-    with ad.guidance_hook(Guidance(_critic(ad), GuidanceConfig(estimator="none"))) as hook:
+    with LeRobotGuidanceHook(ad, Guidance(_critic(ad), GuidanceConfig(estimator="none"))) as hook:
         ad.lerobot_chunk(obs, noise=_noise(ad))
     expected = ad.encode(obs).features
     assert set(hook.features) == set(expected)
@@ -75,7 +75,7 @@ def test_hook_and_explicit_loop_give_the_same_guided_chunks(adapters, family):
                                ad.spec.chunk_len, ad.spec.action_dim, hidden=(16,), num_members=3)
     guidance = Guidance(critic, GuidanceConfig(estimator="clean_estimate", relative=0.5, gate_k=1.0))
     explicit = sample_chunks(ad, context=ad.encode(obs), noise=noise, guidance=guidance)
-    with ad.guidance_hook(guidance) as hook:
+    with LeRobotGuidanceHook(ad, guidance) as hook:
         hooked = ad.lerobot_chunk(obs, noise=noise.clone())
     unguided = ad.lerobot_chunk(obs, noise=noise.clone())
     assert (hooked - unguided).abs().max() > 1e-2  # guidance did something
@@ -88,7 +88,7 @@ def test_hook_zero_control_and_inactive_guidance_leave_lerobot_output_bit_identi
     obs, noise = example_observation(ad.config, B, seed=7), _noise(ad, 8)
     base = ad.lerobot_chunk(obs, noise=noise.clone())
     for cfg in (GuidanceConfig(control="zero"), GuidanceConfig(estimator="none")):
-        with ad.guidance_hook(Guidance(_critic(ad), cfg)):
+        with LeRobotGuidanceHook(ad, Guidance(_critic(ad), cfg)):
             assert torch.equal(ad.lerobot_chunk(obs, noise=noise.clone()), base)
 
 
@@ -103,7 +103,7 @@ def test_hook_never_changes_padded_velocity_dims(adapters):
             calls.append((step.velocity.clone(), out.clone()))
             return out
 
-    with ad.guidance_hook(Recording(_critic(ad, 9), GuidanceConfig(scale=1.0))):
+    with LeRobotGuidanceHook(ad, Recording(_critic(ad, 9), GuidanceConfig(scale=1.0))):
         ad.lerobot_chunk(example_observation(ad.config, B, seed=10), noise=_noise(ad, 11))
     assert len(calls) == ad.spec.num_steps
     for v_in, v_out in calls:
@@ -117,7 +117,7 @@ def test_hook_works_when_caller_uses_inference_mode(adapters):
     obs, noise = example_observation(ad.config, B, seed=13), _noise(ad, 14)
     with torch.inference_mode():
         base = ad.lerobot_chunk(obs, noise=noise.clone())
-        with ad.guidance_hook(Guidance(critic, GuidanceConfig(scale=0.3))):
+        with LeRobotGuidanceHook(ad, Guidance(critic, GuidanceConfig(scale=0.3))):
             guided = ad.lerobot_chunk(obs, noise=noise.clone())
     assert (critic({}, guided)[0] > critic({}, base)[0]).all()
 

@@ -1,4 +1,4 @@
-"""Specifications of receding-horizon rollouts: exactly n_action_steps per chunk, reproducible episodes from
+"""Specifications of receding-horizon rollouts (the runtime's one episode loop): exactly n_action_steps per chunk, reproducible episodes from
 (seed, noise seed), guidance=None identical to the zero control, stop at the first success."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from gaflow.guidance import Guidance, GuidanceConfig
+from gaflow.evaluation.splits import parse_seeds
 from gaflow.policies.compact import CompactFlowPolicy, CompactPolicyConfig, Normalizer
-from gaflow.rollouts import episode_noise_seed, parse_seeds, run_episode
+from gaflow.runtime import GuidedRuntime, episode_noise_seed, run_episode
 from gaflow.sampler import SamplerConfig
 
 IMG = 16
@@ -62,7 +62,7 @@ def critic(features, chunk):
 
 def test_receding_horizon_executes_exactly_n_action_steps_per_chunk():
     env, policy = FakeEnv(max_steps=23), make_policy(chunk_len=5)
-    rec = run_episode(env, policy, seed=1, n_action_steps=3)
+    rec = run_episode(env, GuidedRuntime(policy, n_action_steps=3), seed=1)
     assert rec.length == 23 and not rec.success
     spans = [c.executed for c in rec.chunks]
     assert spans[0] == (0, 3)
@@ -79,15 +79,15 @@ def test_receding_horizon_executes_exactly_n_action_steps_per_chunk():
 
 
 def test_default_n_action_steps_is_the_policys():
-    rec = run_episode(FakeEnv(max_steps=8), make_policy(chunk_len=5, n_action_steps=2), seed=0)
+    rec = run_episode(FakeEnv(max_steps=8), GuidedRuntime(make_policy(chunk_len=5, n_action_steps=2)), seed=0)
     assert [c.executed for c in rec.chunks][:2] == [(0, 2), (2, 4)]
 
 
 def test_same_seed_and_noise_seed_give_the_same_episode():
     policy = make_policy()
-    a = run_episode(FakeEnv(), policy, seed=7, noise_generator_seed=3)
-    b = run_episode(FakeEnv(), policy, seed=7, noise_generator_seed=3)
-    c = run_episode(FakeEnv(), policy, seed=7, noise_generator_seed=4)
+    a = run_episode(FakeEnv(), GuidedRuntime(policy, noise_seed=3), seed=7)
+    b = run_episode(FakeEnv(), GuidedRuntime(policy, noise_seed=3), seed=7)
+    c = run_episode(FakeEnv(), GuidedRuntime(policy, noise_seed=4), seed=7)
     assert a.length == b.length and len(a.chunks) == len(b.chunks)
     assert all(torch.equal(x.chunk, y.chunk) for x, y in zip(a.chunks, b.chunks, strict=True))
     assert not torch.equal(a.chunks[0].chunk, c.chunks[0].chunk)
@@ -96,31 +96,29 @@ def test_same_seed_and_noise_seed_give_the_same_episode():
 
 def test_unguided_equals_zero_control():
     policy = make_policy()
-    base = run_episode(FakeEnv(), policy, seed=2, noise_generator_seed=0)
-    zero = Guidance(critic, GuidanceConfig(scale=5.0, control="zero"))
-    ctrl = run_episode(FakeEnv(), policy, seed=2, noise_generator_seed=0, guidance=zero)
+    base = run_episode(FakeEnv(), GuidedRuntime(policy), seed=2)
+    ctrl = run_episode(FakeEnv(), GuidedRuntime(policy, critic=critic, guidance={"scale": 5.0, "control": "zero"}),
+                       seed=2)
     assert base.length == ctrl.length
     for x, y in zip(base.chunks, ctrl.chunks, strict=True):
         assert torch.equal(x.chunk, y.chunk)
         assert x.guidance is None and y.guidance is not None
         assert y.guidance["applied_norm_mean"] == 0.0 and y.guidance["raw_grad_norm_mean"] > 0
     # and real guidance with the same noise does change the chunks
-    real = Guidance(critic, GuidanceConfig(scale=5.0))
-    guided = run_episode(FakeEnv(), policy, seed=2, noise_generator_seed=0, guidance=real)
+    guided = run_episode(FakeEnv(), GuidedRuntime(policy, critic=critic, guidance={"scale": 5.0}), seed=2)
     assert not torch.equal(base.chunks[0].chunk, guided.chunks[0].chunk)
 
 
 def test_episode_stops_at_first_success_even_mid_chunk():
     env = FakeEnv(max_steps=40, goal=-10.0)  # any first step succeeds
-    rec = run_episode(env, make_policy(), seed=0, n_action_steps=3)
+    rec = run_episode(env, GuidedRuntime(make_policy(), n_action_steps=3), seed=0)
     assert rec.success and rec.first_success_step == 1 and rec.length == 1
     assert rec.chunks[0].executed == (0, 1)
 
 
 def test_best_of_n_records_the_selected_value():
-    g = Guidance(critic, GuidanceConfig(estimator="none"))
-    rec = run_episode(FakeEnv(max_steps=6), make_policy(), seed=0, guidance=g,
-                      sampler_config=SamplerConfig(num_candidates=4, select="best"))
+    runtime = GuidedRuntime(make_policy(), critic=critic, sampler=SamplerConfig(num_candidates=4, select="best"))
+    rec = run_episode(FakeEnv(max_steps=6), runtime, seed=0)
     assert all(c.value is not None and np.isfinite(c.value) for c in rec.chunks)
 
 
@@ -133,8 +131,8 @@ def test_seed_ranges_parse_and_bad_ranges_are_refused():
 def test_eval_policy_groups_by_task_and_workers_do_not_change_episodes():
     """`gaflow eval-policy` on the shipped checkpoint: per-task, seed-sorted summaries, identical (timings aside)
     whether episodes run in this process or in two worker processes."""
+    from gaflow.evaluation.policy import evaluate_policy
     from gaflow.policies.registry import builtin_compact_dir
-    from gaflow.rollouts import evaluate_policy
 
     builtin = builtin_compact_dir()
     kw = dict(tasks=["push", "hand-insert"], seeds=[10001, 10000], max_steps=8, progress=False)

@@ -10,8 +10,9 @@ Layout of an output folder::
     <out>/dataset/                  LeRobotDataset v3 of the executed frames (state, env state, image, action,
                                     task, episode.seed, episode.success, next.success)
 
-Crash safety: an episode is either fully present (its file was renamed into place) or absent; killing the job at
-any moment and re-running the same command runs only the missing episodes. The chunk table and the dataset are
+Crash safety: workers return episode payloads and only the driver writes, so an episode is either fully present
+(its file was renamed into place) or absent; killing the job at any moment and re-running the same command runs
+only the missing episodes. Workers die with the driver (:mod:`gaflow.runtime.executor`). The chunk table and the dataset are
 rebuilt from the episode files in a fixed (task, seed) order, so a resumed job produces exactly what an
 uninterrupted one does.
 """
@@ -32,8 +33,9 @@ from safetensors import safe_open
 
 from gaflow.critic.data import ChunkTable
 from gaflow.io import atomic_save_safetensors, atomic_write_text, job_folder
-from gaflow.jobs import chunked, run_batches
-from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
+from gaflow.runtime import RuntimeSpec, run_episode
+from gaflow.runtime.build import release, runtime_and_env
+from gaflow.runtime.executor import Executor, chunked, make_executor, run_jobs, torch_threads
 
 
 @dataclass
@@ -58,91 +60,36 @@ class CollectConfig:
         return dataclasses.asdict(self)
 
 
-class RecordingEnv:
-    """Wraps an env and keeps the frames of the current episode (observation before each action, the action,
-    and the success flag after it)."""
-
-    def __init__(self, env, record_images: bool = True):
-        self.env, self.record_images = env, record_images
-        self.task = getattr(env, "task", "")
-        self.frames: list[dict] = []
-        self._obs = None
-
-    def reset(self, seed):
-        self.frames = []
-        self._obs = self.env.reset(seed)
-        return self._obs
-
-    def step(self, action):
-        obs, success, done, info = self.env.step(action)
-        frame = {"state": np.asarray(self._obs[STATE_KEY], np.float32),
-                 "env_state": np.asarray(self._obs[ENV_STATE_KEY], np.float32),
-                 "action": np.asarray(action, np.float32), "success": float(success), "task": self._obs["task"]}
-        if self.record_images and IMAGE_KEY in self._obs:
-            frame["image"] = np.asarray(self._obs[IMAGE_KEY], np.uint8)
-        self.frames.append(frame)
-        self._obs = obs
-        return obs, success, done, info
-
-    def close(self):
-        if hasattr(self.env, "close"):
-            self.env.close()
-
-
 def episode_path(out: Path, task: str, seed: int) -> Path:
     return out / "episodes" / str(task) / f"{int(seed)}.safetensors"
 
 
-def _build(cfg: CollectConfig, task: str):
-    from gaflow.guidance.config import Guidance, GuidanceConfig
-    from gaflow.jobs import build_policy_env
-    from gaflow.sampler import SamplerConfig
-
-    policy, env = build_policy_env(cfg.policy, cfg.env, task, image_size=cfg.image_size, max_steps=cfg.max_steps)
-    env = RecordingEnv(env, cfg.record_images)
-    guidance = None
-    if cfg.guidance is not None or cfg.select == "best":
-        if cfg.critic is None:
-            raise ValueError("guided collection (or best-of-N) needs --critic")
-        from gaflow.critic.train import load_critic
-
-        guidance = Guidance(load_critic(cfg.critic), GuidanceConfig.from_dict(cfg.guidance or {"estimator": "none"}))
-    sampler = SamplerConfig(num_steps=cfg.num_steps, num_candidates=cfg.num_candidates, select=cfg.select)
-    return policy, env, guidance, sampler
+def runtime_spec(cfg: CollectConfig) -> RuntimeSpec:
+    if (cfg.guidance is not None or cfg.select == "best") and cfg.critic is None:
+        raise ValueError("guided collection (or best-of-N) needs --critic")
+    return RuntimeSpec(policy=cfg.policy, critic=cfg.critic, guidance=cfg.guidance, num_steps=cfg.num_steps,
+                       num_candidates=cfg.num_candidates, select=cfg.select, noise_seed=cfg.noise_seed,
+                       n_action_steps=cfg.n_action_steps)
 
 
-def _collect_worker(cfg_dict: dict, out: str, jobs: list[tuple[str, int]], threads: int) -> list[dict]:
-    from gaflow.jobs import torch_threads
-
-    with torch_threads(threads):
-        return _collect_worker_impl(cfg_dict, out, jobs)
-
-
-def _collect_worker_impl(cfg_dict: dict, out: str, jobs: list[tuple[str, int]]) -> list[dict]:
-    """Run episodes and write each one atomically; returns their summaries."""
-    from gaflow.rollouts import run_episode
-
+def collect_episodes(cfg_dict: dict, jobs: list[tuple[str, int]]) -> list[dict]:
+    """Worker: run ``(task, seed)`` episodes and *return* each one's payload (the driver writes it)."""
     cfg = CollectConfig(**cfg_dict)
-    built: dict[str, tuple] = {}
-    summaries = []
-    for task, seed in jobs:
-        if task not in built:
-            for b in built.values():
-                b[1].close()
-            built = {task: _build(cfg, task)}
-        policy, env, guidance, sampler = built[task]
-        rec = run_episode(env, policy, seed=seed, sampler_config=sampler, guidance=guidance,
-                          n_action_steps=cfg.n_action_steps, noise_generator_seed=cfg.noise_seed)
-        rec.task = task  # the job's task name (an env's own `task` attribute may be an object, e.g. LIBERO's)
-        write_episode(Path(out), rec, env.frames, policy.spec.action_dim)
-        summaries.append(rec.summary())
-    for b in built.values():
-        b[1].close()
-    return summaries
+    spec = runtime_spec(cfg)
+    payloads = []
+    with torch_threads(1):
+        for task, seed in jobs:
+            runtime, env = runtime_and_env(spec, cfg.env, task, image_size=cfg.image_size,
+                                           max_steps=cfg.max_steps, record_images=cfg.record_images)
+            rec = run_episode(env, runtime, seed=seed)
+            rec.task = task  # the job's task name (an env's own `task` attribute may be an object, e.g. LIBERO's)
+            tensors, meta = episode_payload(rec, env.frames, runtime.policy.spec.action_dim)
+            payloads.append({"task": task, "seed": int(seed), "tensors": tensors, "meta": meta})
+    return payloads
 
 
-def write_episode(out: Path, rec, frames: list[dict], action_dim: int) -> None:
-    """One episode → one safetensors file (chunk rows + frames), atomically."""
+def episode_payload(rec, frames: list[dict], action_dim: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """One episode → the tensors (chunk rows + frames) and metadata of its episode file."""
     t: dict[str, torch.Tensor] = {}
     if rec.chunks:
         t["chunk"] = torch.stack([c.chunk[:, :action_dim] for c in rec.chunks]).float()
@@ -161,7 +108,13 @@ def write_episode(out: Path, rec, frames: list[dict], action_dim: int) -> None:
     meta = rec.summary()
     meta["guidance"] = [c.guidance for c in rec.chunks] if rec.chunks and rec.chunks[0].guidance else None
     meta["task_description"] = frames[0]["task"] if frames else ""
-    atomic_save_safetensors(episode_path(out, rec.task, rec.seed), t, {"episode": json.dumps(meta)})
+    return t, meta
+
+
+def write_episode(out: Path, payload: dict) -> None:
+    """Driver: one episode payload → one safetensors file, atomically."""
+    atomic_save_safetensors(episode_path(out, payload["task"], payload["seed"]), payload["tensors"],
+                            {"episode": json.dumps(payload["meta"])})
 
 
 def read_episode(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -174,28 +127,34 @@ def read_episode(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True,
-            write_dataset: bool = True) -> dict:
+            write_dataset: bool = True, executor: Executor | None = None) -> dict:
     """Run (or resume) a collection job. Returns a summary dict."""
     if not cfg.tasks or not cfg.seeds:
         raise ValueError("collect needs at least one task and one seed")
+    runtime_spec(cfg)  # fail before any work on a config that cannot run
     out = job_folder(out, cfg.key(), "collect.json")
-    for stale in out.glob("episodes/*/.*.tmp"):  # left by a killed worker; never renamed into place
+    for stale in out.glob("episodes/*/.*.tmp"):  # left by a killed driver mid-write; never renamed into place
         stale.unlink()
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not episode_path(out, t, s).exists()]
     total = len(cfg.tasks) * len(cfg.seeds)
     t0 = time.perf_counter()
     counts = {"done": 0, "success": 0}
 
-    def status(summaries: list[dict]) -> str:
-        counts["done"] += len(summaries)
-        counts["success"] += sum(x["success"] for x in summaries)
+    def write(payloads: list[dict]) -> str:
+        for p in payloads:
+            write_episode(out, p)
+        counts["done"] += len(payloads)
+        counts["success"] += sum(p["meta"]["success"] for p in payloads)
         return f"success {counts['success']}/{counts['done']}"
 
-    # small batches keep policy/env construction rare and the bar moving. One torch thread per episode loop,
-    # in-process too: small per-step ops with 2 threads spin-wait badly when the other core is busy (measured 6×).
-    batches = [(cfg.key(), str(out), b, 1) for b in chunked(todo, 4)]
-    run_batches(_collect_worker, batches, workers=workers, label="collect", total=total,
-                completed=total - len(todo), progress=progress, on_result=status)
+    # small batches keep the bar moving; a worker keeps its policy and env between batches of one task
+    jobs = [(cfg.key(), b) for b in chunked(todo, 4)]
+    executor = executor or make_executor(workers)
+    try:
+        run_jobs(executor, collect_episodes, jobs, label="collect", total=total, completed=total - len(todo),
+                 progress=progress, on_result=write)
+    finally:
+        release()
     elapsed = time.perf_counter() - t0
     table = assemble(out, cfg, write_dataset=write_dataset, progress=progress)
     summary = {"episodes": total, "collected_now": len(todo), "seconds": elapsed, "chunks": len(table),

@@ -257,8 +257,8 @@ def critic_stage(cfg: PipelineConfig, run: Path, out: Path, policy: str, guidanc
                  held_out_tasks: tuple[str, ...] = ()) -> dict:
     """Train a critic on the run's rollouts into ``out`` (skipped if done) and return its report (read if done)."""
     from gaflow.critic.data import ChunkTable
-    from gaflow.critic.report import critic_report
     from gaflow.critic.train import CriticTrainConfig, train_critic
+    from gaflow.evaluation.critic_check import critic_report_with_strength
 
     if not (out / "critic.json").exists():
         table = ChunkTable.load(run / "collect" / "chunks.safetensors")
@@ -268,7 +268,7 @@ def critic_stage(cfg: PipelineConfig, run: Path, out: Path, policy: str, guidanc
     rep_file = out / "report" / "critic_report.json"
     if rep_file.exists():
         return json.loads(rep_file.read_text())
-    return critic_report(out, run / "collect", out / "report", policy_spec=policy, guidance_cfg=guidance_cfg,
+    return critic_report_with_strength(out, run / "collect", out / "report", policy_spec=policy, guidance_cfg=guidance_cfg,
                          max_states=32)
 
 

@@ -2,7 +2,7 @@
 file, ``episodes.json`` beside this script.
 
 The committed file was written by the code *before* the guided-inference runtime replaced the hand-built runners
-(issue #12, commit 4f84a31); ``tests/test_runtime.py`` replays the same episodes through the runtime and asserts
+(issue #12, recorded at commit df4aafa on top of 4f84a31); ``tests/test_runtime.py`` replays the same episodes through the runtime and asserts
 bit-identical outcomes and chunks. Re-record only when a change is *meant* to alter episodes:
 
     uv run python tests/golden/record_episodes.py
@@ -55,30 +55,33 @@ def outcome(success, length, first_success_step, chunks) -> dict:
             "chunks": len(chunks), "chunk_sha": digest(chunks)}
 
 
-def record_old() -> dict:
-    """The pre-runtime path: gaflow.rollouts.run_episode with hand-built Guidance / SamplerConfig."""
+def record() -> dict:
+    """Run the fixed episodes through the guided-inference runtime (the only execution path since issue #12).
+
+    The committed ``episodes.json`` was recorded with the pre-runtime path (``gaflow.rollouts.run_episode`` with a
+    hand-built ``Guidance`` and ``SamplerConfig``) at commit df4aafa; this function must reproduce it bit for bit.
+    """
     from gaflow.envs.registry import make_env
-    from gaflow.guidance import Guidance, GuidanceConfig
     from gaflow.policies.registry import load_policy
-    from gaflow.rollouts import run_episode
+    from gaflow.runtime import GuidedRuntime, run_episode
 
     out: dict = {"toy": {}, "metaworld": {}}
     policy = load_policy("toy:default")
     for task in ("toy-reach", "toy-reach-far"):
         env = make_env("toy", task)
         for arm, g in TOY_ARMS.items():
-            guidance = None if g is None else Guidance(toy_critic, GuidanceConfig.from_dict(g))
+            runtime = GuidedRuntime(policy, critic=toy_critic if g else None, guidance=g, noise_seed=7)
             for seed in TOY_SEEDS:
-                rec = run_episode(env, policy, seed=seed, guidance=guidance, noise_generator_seed=7)
+                rec = run_episode(env, runtime, seed=seed)
                 out["toy"][f"{task}/{arm}/{seed}"] = outcome(rec.success, rec.length, rec.first_success_step,
                                                              [c.chunk for c in rec.chunks])
     policy = load_policy("compact:builtin")
     critic = metaworld_critic(policy)
     env = make_env("metaworld", METAWORLD_TASK, image_size=policy.config.image_size, max_steps=METAWORLD_MAX_STEPS)
     for arm, g in METAWORLD_ARMS.items():
-        guidance = None if g is None else Guidance(critic, GuidanceConfig.from_dict(g))
+        runtime = GuidedRuntime(policy, critic=critic if g else None, guidance=g)
         for seed in METAWORLD_SEEDS:
-            rec = run_episode(env, policy, seed=seed, guidance=guidance)
+            rec = run_episode(env, runtime, seed=seed)
             out["metaworld"][f"{METAWORLD_TASK}/{arm}/{seed}"] = outcome(
                 rec.success, rec.length, rec.first_success_step, [c.chunk for c in rec.chunks])
     env.close()
@@ -87,6 +90,6 @@ def record_old() -> dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    result = record_old()
+    result = record()
     (HERE / "episodes.json").write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     json.dump(result, sys.stdout, indent=1)

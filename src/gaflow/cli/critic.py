@@ -57,12 +57,12 @@ def critic_report_cmd(
     max_states: int = typer.Option(128, help="observations re-sampled for the strength check"),
 ) -> None:
     """AUC, calibration and disagreement on held-out episodes; guidance/velocity ratio on real states."""
-    from gaflow.critic.report import critic_report
+    from gaflow.evaluation.critic_check import critic_report_with_strength
     from gaflow.guidance import GuidanceConfig
 
     gcfg = GuidanceConfig.from_dict(json.loads(guidance.read_text())) if guidance else GuidanceConfig()
     out = out or critic / "report"
-    rep = critic_report(critic, data, out, policy_spec=policy, guidance_cfg=gcfg if policy else None,
+    rep = critic_report_with_strength(critic, data, out, policy_spec=policy, guidance_cfg=gcfg if policy else None,
                         max_states=max_states, same_data=not new_data)
     console = Console()
     t = Table(title=f"critic report — {rep['rows']}")

@@ -246,7 +246,7 @@ def libero_demos(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset"),
 ) -> None:
     """Record scripted-expert demonstrations of LIBERO pick-and-place tasks as a LeRobotDataset."""
-    from gaflow.rollouts import parse_seeds
+    from gaflow.evaluation.splits import parse_seeds
 
     console = Console()
     cfg = LiberoDemoConfig(suite=suite, tasks=_parse_tasks(tasks), episodes_per_task=episodes_per_task,

@@ -83,9 +83,10 @@ def eval_policy_cmd(
     out: Path = typer.Option(None, help="write per-episode summaries to this JSON file"),
 ) -> None:
     """Unguided success of a saved compact policy, per task, with Wilson 95 % intervals."""
+    from gaflow.evaluation.policy import evaluate_policy
+    from gaflow.evaluation.splits import parse_seeds
     from gaflow.evaluation.stats import wilson_interval
     from gaflow.io import atomic_write_json
-    from gaflow.rollouts import evaluate_policy, parse_seeds
 
     task_list = comma_list(tasks)
     seed_list = parse_seeds(seeds)

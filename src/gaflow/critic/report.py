@@ -2,9 +2,8 @@
 
 1. On held-out episodes: ROC-AUC of the critic's value for eventual success, its rank correlation with progress
    (closeness to success within successful episodes), a reliability table, ensemble disagreement.
-2. On *real sampler states* of the base policy (observations from the recorded episodes, re-encoded, sampled with
-   the given guidance config): the distribution of ‖applied guidance‖/‖velocity‖ — with a warning when guidance
-   would be negligible (the published method's critics were 8–400× too weak and nobody noticed) or would dominate.
+2. Optionally, guidance strength on *real sampler states* of the base policy — measured by the caller
+   (:mod:`gaflow.evaluation.critic_check`, which needs a policy) and plotted and reported here.
 """
 
 from __future__ import annotations
@@ -31,65 +30,6 @@ def heldout_rows(table: ChunkTable, critic_dir: Path, same_data: bool) -> tuple[
     eps = info["split"]["validation"] + info["split"]["held_out"]
     rows = torch.nonzero(torch.isin(table.episode, torch.tensor(eps, dtype=torch.long))).flatten()
     return rows, f"{len(eps)} validation/held-out episodes of the training data"
-
-
-def observations_at(collect_dir: Path, table: ChunkTable, rows: torch.Tensor) -> list[dict]:
-    """Rebuild the env observation each chunk was sampled from (recorded frames of the episode files)."""
-    from gaflow.collect import episode_path, read_episode
-    from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
-
-    cache: dict[int, tuple[dict, dict]] = {}
-    obs = []
-    for r in rows.tolist():
-        e = int(table.episode[r])
-        if e not in cache:
-            ep = table.episodes[e]
-            cache[e] = read_episode(episode_path(collect_dir, ep["task"], ep["seed"]))
-        meta, t = cache[e]
-        i = int(table.step[r])
-        if "frame.state" not in t or i >= t["frame.state"].shape[0]:
-            continue
-        o = {STATE_KEY: t["frame.state"][i].numpy(), ENV_STATE_KEY: t["frame.env_state"][i].numpy(),
-             TASK_KEY: meta.get("task_description") or meta["task"]}
-        if "frame.image" in t:
-            o[IMAGE_KEY] = t["frame.image"][i].numpy()
-        obs.append(o)
-    return obs
-
-
-def guidance_strength(policy, critic, guidance_cfg, observations: list[dict], batch: int = 16, seed: int = 0):
-    """Per (step, sample) diagnostics of the guided sampler on real observations → flat arrays."""
-    from gaflow.guidance import Guidance
-    from gaflow.observations import stack_observations
-    from gaflow.sampler import sample_chunks
-
-    g = Guidance(critic, guidance_cfg)
-    gen = torch.Generator().manual_seed(seed)
-    ratios, gates, raw = [], [], []
-    for i in range(0, len(observations), batch):
-        with torch.no_grad():
-            ctx = policy.encode(stack_observations(observations[i:i + batch]))
-            out = sample_chunks(policy, context=ctx, guidance=g, generator=gen)
-        d = out.diagnostics
-        ok = torch.isfinite(d.ratio)
-        ratios.append(d.ratio[ok].numpy())
-        gates.append(d.gate[ok].numpy())
-        raw.append(d.raw_grad_norm[ok].numpy())
-    cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
-    return {"ratio": cat(ratios), "gate": cat(gates), "raw_grad_norm": cat(raw)}
-
-
-def strength_verdict(ratio: np.ndarray) -> tuple[str, str | None]:
-    if ratio.size == 0:
-        return "unknown", "no sampler states could be rebuilt from the data"
-    med = float(np.median(ratio))
-    if med < NEGLIGIBLE_RATIO:
-        return "negligible", (f"median ‖Δv‖/‖v‖ = {med:.2g} < {NEGLIGIBLE_RATIO}: guidance this weak cannot change "
-                              "the chunks — raise the scale or use a relative strength (--relative)")
-    if med > DOMINANT_RATIO:
-        return "dominant", (f"median ‖Δv‖/‖v‖ = {med:.2g} > {DOMINANT_RATIO}: guidance overrides the policy — "
-                            "expect off-manifold chunks; lower the scale or clip")
-    return "ok", None
 
 
 def plot_report(out: Path, quality: dict, values: np.ndarray, labels: np.ndarray, strength: dict | None) -> list[str]:
@@ -130,8 +70,14 @@ def plot_report(out: Path, quality: dict, values: np.ndarray, labels: np.ndarray
     return files
 
 
-def critic_report(critic_dir: Path, collect_dir: Path, out: Path, policy_spec: str | None = None,
-                  guidance_cfg=None, max_states: int = 128, same_data: bool = True) -> dict:
+def critic_report(critic_dir: Path, collect_dir: Path, out: Path, measure_strength=None, guidance_cfg=None,
+                  same_data: bool = True) -> dict:
+    """Quality of the critic in ``critic_dir`` on the held-out episodes of ``collect_dir``, written to ``out``.
+
+    ``measure_strength(rows)`` (optional; :func:`gaflow.evaluation.critic_check.measure_strength` bound to a policy
+    and ``guidance_cfg``) returns the guidance-strength arrays and verdict on those rows' recorded states — the
+    part that needs a policy, kept out of this package.
+    """
     from gaflow.critic.train import load_critic
 
     out.mkdir(parents=True, exist_ok=True)
@@ -148,13 +94,9 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, policy_spec: s
     # per task: for a critic trained with held_out_tasks, the AUC on the tasks it never saw
     auc_per_task = {t: roc_auc(q[row_tasks == t], labels[row_tasks == t]) for t in sorted(set(row_tasks.tolist()))}
     strength, verdict, warning = None, "not measured", None
-    if policy_spec is not None and guidance_cfg is not None:
-        from gaflow.policies.registry import load_policy
-
-        policy = load_policy(policy_spec)
-        pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_states]]
-        strength = guidance_strength(policy, critic, guidance_cfg, observations_at(collect_dir, table, pick))
-        verdict, warning = strength_verdict(strength["ratio"])
+    if measure_strength is not None:
+        strength = measure_strength(rows)
+        verdict, warning = strength["verdict"], strength["warning"]
     report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label, **quality, "auc_per_task": auc_per_task,
               "guidance_config": guidance_cfg.to_dict() if guidance_cfg is not None else None,
               "strength_verdict": verdict, "strength_warning": warning}

@@ -2,7 +2,8 @@
 deterministic seed map) and identical initial flow noise per chunk (the rollout's per-episode noise stream) where
 the arm draws the same amount of noise (single-candidate arms).
 
-Per episode, one worker runs all arms back to back and writes one JSON file atomically
+Per episode, one worker runs all arms back to back (one :class:`~gaflow.runtime.GuidedRuntime` per arm over the
+same loaded policy and critic) and returns the record; the driver writes one JSON file atomically
 (``<run>/episodes/<task>/<seed>.json``); re-running the same command resumes. Each arm's record keeps the
 environment state it started from, so pairing can be checked after the fact.
 """
@@ -21,7 +22,9 @@ import numpy as np
 
 from gaflow.evaluation.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
 from gaflow.io import atomic_write_json, job_folder
-from gaflow.jobs import chunked, run_batches
+from gaflow.runtime import RuntimeSpec, run_episode
+from gaflow.runtime.build import release, runtime_and_env
+from gaflow.runtime.executor import Executor, chunked, make_executor, run_jobs, torch_threads
 
 
 @dataclass
@@ -85,57 +88,38 @@ def result_path(out: Path, task: str, seed: int) -> Path:
     return out / "episodes" / str(task) / f"{int(seed)}.json"
 
 
-def _eval_worker(cfg_dict: dict, out: str, jobs: list[tuple[str, int]], threads: int) -> list[dict]:
-    from gaflow.jobs import torch_threads
+def runtime_spec(cfg: EvalConfig) -> RuntimeSpec:
+    """The unguided base runtime of an evaluation; each arm is this runtime under the arm's guidance."""
+    if any(a.guidance is not None or a.select == "best" for a in cfg.arms) and cfg.critic is None:
+        raise ValueError("guided arms need a critic (--critic)")
+    return RuntimeSpec(policy=cfg.policy, critic=cfg.critic, num_steps=cfg.num_steps, noise_seed=cfg.noise_seed,
+                       n_action_steps=cfg.n_action_steps)
 
-    with torch_threads(threads):
-        return _eval_worker_impl(cfg_dict, out, jobs)
 
-
-def _eval_worker_impl(cfg_dict: dict, out: str, jobs: list[tuple[str, int]]) -> list[dict]:
-    from gaflow.collect import RecordingEnv
-    from gaflow.guidance.config import Guidance, GuidanceConfig
-    from gaflow.jobs import build_policy_env
-    from gaflow.rollouts import run_episode
-    from gaflow.sampler import SamplerConfig
-
+def evaluate_episodes(cfg_dict: dict, jobs: list[tuple[str, int]]) -> list[dict]:
+    """Worker: run every arm on each ``(task, seed)`` episode back to back and *return* the records."""
     cfg = EvalConfig.from_dict(cfg_dict)
-    critic = None
-    if any(a.guidance is not None for a in cfg.arms):
-        from gaflow.critic.train import load_critic
-
-        if cfg.critic is None:
-            raise ValueError("guided arms need a critic (--critic)")
-        critic = load_critic(cfg.critic)
-    current, built, results = None, None, []
-    for task, seed in jobs:
-        if task != current:
-            if built is not None:
-                built[1].close()
-            policy, env = build_policy_env(cfg.policy, cfg.env, task, image_size=cfg.image_size,
-                                           max_steps=cfg.max_steps)
-            built, current = (policy, RecordingEnv(env, record_images=False)), task
-        policy, env = built
-        record = {"task": task, "seed": seed, "split": cfg.split, "arms": {}}
-        for arm in cfg.arms:
-            guidance = Guidance(critic, GuidanceConfig.from_dict(arm.guidance)) if arm.guidance is not None else None
-            sampler = SamplerConfig(num_steps=cfg.num_steps, num_candidates=arm.num_candidates, select=arm.select)
-            t0 = time.perf_counter()
-            rec = run_episode(env, policy, seed=seed, sampler_config=sampler, guidance=guidance,
-                              n_action_steps=cfg.n_action_steps, noise_generator_seed=cfg.noise_seed)
-            init = env.frames[0]["env_state"] if env.frames else np.zeros(0, np.float32)
-            diag = [c.guidance for c in rec.chunks if c.guidance is not None]
-            record["arms"][arm.name] = {
-                "success": rec.success, "length": rec.length, "first_success_step": rec.first_success_step,
-                "chunk_latency_ms": 1e3 * rec.mean_latency_s, "wall_s": time.perf_counter() - t0,
-                "init_state": [float(x) for x in init],
-                "init_state_sha": hashlib.sha256(np.asarray(init, np.float32).tobytes()).hexdigest()[:16],
-                "guidance": _mean_diag(diag) if diag else None,
-            }
-        atomic_write_json(result_path(Path(out), task, seed), record)
-        results.append(record)
-    if built is not None:
-        built[1].close()
+    spec = runtime_spec(cfg)
+    results = []
+    with torch_threads(1):
+        for task, seed in jobs:
+            base, env = runtime_and_env(spec, cfg.env, task, image_size=cfg.image_size, max_steps=cfg.max_steps,
+                                        record_images=False)
+            record = {"task": task, "seed": seed, "split": cfg.split, "arms": {}}
+            for arm in cfg.arms:
+                runtime = base.with_guidance(arm.guidance, num_candidates=arm.num_candidates, select=arm.select)
+                t0 = time.perf_counter()
+                rec = run_episode(env, runtime, seed=seed)
+                init = env.frames[0]["env_state"] if env.frames else np.zeros(0, np.float32)
+                diag = [c.guidance for c in rec.chunks if c.guidance is not None]
+                record["arms"][arm.name] = {
+                    "success": rec.success, "length": rec.length, "first_success_step": rec.first_success_step,
+                    "chunk_latency_ms": 1e3 * rec.mean_latency_s, "wall_s": time.perf_counter() - t0,
+                    "init_state": [float(x) for x in init],
+                    "init_state_sha": hashlib.sha256(np.asarray(init, np.float32).tobytes()).hexdigest()[:16],
+                    "guidance": _mean_diag(diag) if diag else None,
+                }
+            results.append(record)
     return results
 
 
@@ -157,24 +141,30 @@ def _mean_diag(diags: list[dict]) -> dict:
     return out
 
 
-def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True) -> list[dict]:
+def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True,
+             executor: Executor | None = None) -> list[dict]:
     """Run (or resume) a paired evaluation; returns per-episode records in (task, seed) order."""
     if not cfg.tasks or not cfg.seeds:
         raise ValueError("eval needs at least one task and one seed")
+    runtime_spec(cfg)  # fail before any work on a config that cannot run
     out = job_folder(out, cfg.to_dict(), "eval_config.json")
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not result_path(out, t, s).exists()]
     total = len(cfg.tasks) * len(cfg.seeds)
     wins = {a.name: 0 for a in cfg.arms}
 
-    def status(records: list[dict]) -> str:
+    def write(records: list[dict]) -> str:
         for r in records:
+            atomic_write_json(result_path(out, r["task"], r["seed"]), r)
             for name, a in r["arms"].items():
                 wins[name] += int(a["success"])
         return " ".join(f"{k} {v}" for k, v in wins.items())
 
-    batches = [(cfg.to_dict(), str(out), b, 1) for b in chunked(todo, 2)]
-    run_batches(_eval_worker, batches, workers=workers, label=f"eval [{cfg.split}]", total=total,
-                completed=total - len(todo), progress=progress, on_result=status)
+    jobs = [(cfg.to_dict(), b) for b in chunked(todo, 2)]
+    try:
+        run_jobs(executor or make_executor(workers), evaluate_episodes, jobs, label=f"eval [{cfg.split}]",
+                 total=total, completed=total - len(todo), progress=progress, on_result=write)
+    finally:
+        release()
     return [json.loads(result_path(out, t, s).read_text()) for t in cfg.tasks for s in cfg.seeds]
 
 

@@ -92,8 +92,6 @@ def resolve_seeds(text: str, split: SeedSplit = DEFAULT_SPLITS, purpose: str = "
     Explicit seeds are labelled with the split they fall in (``"mixed"`` if several, ``"unsplit"`` if none), and
     ``purpose="tune"`` refuses any seed in the test range.
     """
-    from gaflow.rollouts import parse_seeds
-
     name, sep, count = text.partition(":")
     if sep and name in split.ranges:
         return split.seeds(name, int(count) if count else None, purpose=purpose), name
@@ -103,3 +101,25 @@ def resolve_seeds(text: str, split: SeedSplit = DEFAULT_SPLITS, purpose: str = "
         raise SplitViolation("hyperparameter selection may not read test episodes: seeds include the test range")
     label = names.pop() if len(names) == 1 else "mixed"
     return seeds, label or "unsplit"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"1000-1049"``, ``"1,2,5"`` or a mix (``"0-4,10"``) → a sorted list of unique seeds."""
+    seeds: set[int] = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            if sep:
+                a, b = int(lo), int(hi)
+                if b < a:
+                    raise ValueError
+                seeds.update(range(a, b + 1))
+            else:
+                seeds.add(int(part))
+        except ValueError:
+            raise ValueError(f"bad seed range {part!r}: use e.g. '1000-1049' or '1,2,5'") from None
+    if not seeds:
+        raise ValueError(f"no seeds in {text!r}")
+    return sorted(seeds)

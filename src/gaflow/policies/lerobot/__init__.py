@@ -2,15 +2,14 @@
 
 * :func:`load_lerobot_policy` — ``"lerobot:<hub id or local dir>"`` → a :class:`LeRobotFlowPolicy`
   (explicit-loop mode: ``gaflow.sampler.sample_chunks`` drives ``encode`` / ``velocity``).
-* :class:`LeRobotGuidanceHook` — hook mode: guidance installed as ``policy.model.rtc_processor`` so LeRobot's own
-  ``predict_action_chunk`` runs guided.
+* hook mode (guidance installed as ``policy.model.rtc_processor`` so LeRobot's own ``predict_action_chunk`` runs
+  guided) lives in the runtime layer: :class:`gaflow.runtime.LeRobotGuidanceHook`.
 * :mod:`.features` — the critic features pooled from the prefix; :mod:`.tiny` — offline random-weight models.
 
 LeRobot is imported lazily (it takes tens of seconds); importing this package is cheap.
 """
 
 from gaflow.policies.lerobot.adapter import LeRobotContext, LeRobotFlowPolicy
-from gaflow.policies.lerobot.hook import LeRobotGuidanceHook
 from gaflow.policies.lerobot.offline import CheckpointError, load_lerobot_policy, wrap_lerobot_policy
 from gaflow.policies.lerobot.pi0 import PI0FlowPolicy
 from gaflow.policies.lerobot.pi05 import PI05FlowPolicy
@@ -20,7 +19,6 @@ __all__ = [
     "CheckpointError",
     "LeRobotContext",
     "LeRobotFlowPolicy",
-    "LeRobotGuidanceHook",
     "PI0FlowPolicy",
     "PI05FlowPolicy",
     "SmolVLAFlowPolicy",

@@ -166,12 +166,6 @@ class LeRobotFlowPolicy:
         """LeRobot's ``predict_action_chunk`` on a raw observation: normalised actions ``(B, H, action_dim)``."""
         return self.policy.predict_action_chunk(self.preprocess(obs), noise=noise)
 
-    def guidance_hook(self, guidance):
-        """A :class:`~gaflow.policies.lerobot.hook.LeRobotGuidanceHook` for this policy (not yet attached)."""
-        from gaflow.policies.lerobot.hook import LeRobotGuidanceHook
-
-        return LeRobotGuidanceHook(self, guidance)
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}(spec={self.spec})"
 

@@ -7,8 +7,8 @@ LeRobot's shared Euler loop (``policies/common/flow_matching.py::euler_integrate
 built from a :class:`~gaflow.guidance.FlowStep` — the same estimator, strength, schedule, gate, controls and
 diagnostics as the explicit loop; there is no second implementation here.
 
->>> hook = adapter.guidance_hook(Guidance(critic, GuidanceConfig(scale=0.5)))  # doctest: +SKIP
->>> with hook:                                                                  # doctest: +SKIP
+>>> hook = LeRobotGuidanceHook(adapter, Guidance(critic, GuidanceConfig(scale=0.5)))  # doctest: +SKIP
+>>> with hook:                                                                         # doctest: +SKIP
 ...     actions = adapter.policy.predict_action_chunk(adapter.preprocess(obs))
 >>> hook.diagnostics.summary(), hook.features["task"].shape                     # doctest: +SKIP
 
