@@ -40,9 +40,9 @@ from gaflow.critic import EnsembleMLPCritic
 from gaflow.guidance import CriticObjective, Guidance, GuidanceConfig
 from gaflow.policies import CallablePolicy
 from gaflow.policies.lerobot import wrap_lerobot_policy
-from gaflow.policies.lerobot.tiny import OfflineModelConfig, build_offline_policy, example_observation
 from gaflow.runtime import LeRobotGuidanceHook
 from gaflow.sampler import sample_chunks
+from gaflow.testing.lerobot_tiny import OfflineModelConfig, build_offline_policy, example_observation
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -12,8 +12,9 @@ import torch
 
 from gaflow.policies import FlowPolicy
 from gaflow.policies.compact import CheckpointError, CompactFlowPolicy, CompactPolicyConfig, Normalizer
+from gaflow.policies.compact.data import load_demo_frames
 from gaflow.policies.compact.text import HashedTextEncoder
-from gaflow.policies.compact.train import TrainConfig, Trainer, load_demo_frames
+from gaflow.policies.compact.train import TrainConfig, Trainer
 from gaflow.sampler import SamplerConfig, sample_chunks
 
 IMG = 16
@@ -293,6 +294,30 @@ def test_dataset_entry_can_keep_only_some_tasks(dataset, frames):
     assert (only.task_index == 0).all()
     with pytest.raises(ValueError, match="has no task"):
         load_demo_frames(f"{dataset}::no such task")
+
+
+def test_task_filter_names_that_are_not_task_strings_resolve_through_the_callers_describe_task(tmp_path, dataset):
+    describe = {"drawer": TASKS[1]}.__getitem__  # unknown names raise KeyError: no match, not a crash
+    assert load_demo_frames(f"{dataset}::drawer", describe_task=describe).tasks == [TASKS[1]]
+    with pytest.raises(ValueError, match="has no task 'drawer'"):
+        load_demo_frames(f"{dataset}::drawer")  # the loader itself knows no environment's task names
+    with pytest.raises(ValueError, match="has no task 'push'"):
+        load_demo_frames(f"{dataset}::push", describe_task=describe)
+    cfg = TrainConfig(dataset=f"{dataset}::drawer", out=str(tmp_path / "run"), num_threads=1, progress=False,
+                      policy=tiny_policy_config())
+    assert Trainer(cfg, describe_task=describe).frames.tasks == [TASKS[1]]
+
+
+def test_train_policy_cli_filters_datasets_by_metaworld_task_name(dataset):
+    """`gaflow train-policy --dataset demos::push` (or push-v3) keeps MetaWorld's push demos, as before the policy
+    stopped importing the env: the CLI supplies MetaWorld's task descriptions."""
+    from gaflow.cli.train_policy import metaworld_task_string
+
+    assert TASKS[0] == "push the puck to the goal"  # MetaWorld's description of push
+    for name in ("push", "push-v3"):
+        assert load_demo_frames(f"{dataset}::{name}", describe_task=metaworld_task_string).tasks == [TASKS[0]]
+    with pytest.raises(ValueError, match="has no task 'no-such-task'"):
+        load_demo_frames(f"{dataset}::no-such-task", describe_task=metaworld_task_string)
 
 
 def test_shipped_builtin_checkpoint_loads_and_knows_its_six_tasks():

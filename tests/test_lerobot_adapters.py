@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -17,15 +19,17 @@ from gaflow.convention import time_grid
 from gaflow.critic import EnsembleMLPCritic
 from gaflow.guidance import Guidance, GuidanceConfig
 from gaflow.policies import TimeConvention
-from gaflow.policies.lerobot import CheckpointError, load_lerobot_policy
-from gaflow.policies.lerobot.tiny import (
+from gaflow.policies.lerobot import CheckpointError, LoadPlan, load_lerobot_policy, register_load_hook
+from gaflow.policies.lerobot.offline import LOAD_HOOK_FILE
+from gaflow.policies.registry import load_policy
+from gaflow.sampler import SamplerConfig, sample_chunks
+from gaflow.testing.lerobot_tiny import (
     FAMILIES,
     OfflineModelConfig,
+    byte_level_tokenizer,
     example_observation,
     save_offline_checkpoint,
 )
-from gaflow.policies.registry import load_policy
-from gaflow.sampler import SamplerConfig, sample_chunks
 
 torch.set_num_threads(1)
 B = 2
@@ -221,7 +225,7 @@ def test_estimators_through_the_policy_work_under_inference_mode(adapters, estim
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_saved_checkpoint_loads_back_with_the_built_weights(checkpoints, adapters, family, tmp_path):
-    from gaflow.policies.lerobot.tiny import build_offline_policy
+    from gaflow.testing.lerobot_tiny import build_offline_policy
 
     built, _, _ = build_offline_policy(OfflineModelConfig(family=family), tmp_path)
     loaded = adapters[family].policy.state_dict()
@@ -262,6 +266,49 @@ def test_missing_weights_error_names_the_file(checkpoints, tmp_path):
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match=r"model\.safetensors"):
         load_lerobot_policy(str(ckpt))
+
+
+def test_checkpoint_naming_an_unregistered_load_hook_fails_naming_the_file_and_the_hook(checkpoints, tmp_path):
+    ckpt = _copy(checkpoints["smolvla"], tmp_path / "ckpt")
+    (ckpt / LOAD_HOOK_FILE).write_text(json.dumps({"hook": "no.such.fixture"}))
+    with pytest.raises(CheckpointError, match=r"ckpt/gaflow_load_hook\.json.*'no\.such\.fixture'.*import"):
+        load_lerobot_policy(str(ckpt))
+
+
+def test_load_hook_error_is_reported_against_the_hook_file(checkpoints, tmp_path):
+    ckpt = _copy(checkpoints["pi0"], tmp_path / "ckpt")
+    spec = json.loads((ckpt / LOAD_HOOK_FILE).read_text())
+    del spec["pi_dims"]
+    (ckpt / LOAD_HOOK_FILE).write_text(json.dumps(spec))
+    with pytest.raises(CheckpointError, match=r"gaflow_load_hook\.json.*pi_dims"):
+        load_lerobot_policy(str(ckpt))
+
+
+def test_registered_load_hook_plan_is_applied_when_loading(checkpoints, tmp_path):
+    """A hook gets the folder and its file; its config updates and tokenizer reach the loaded policy, and the
+    caller's tokenizer= still wins."""
+    ckpt = _copy(checkpoints["smolvla"], tmp_path / "ckpt")
+    hooked, calls = byte_level_tokenizer(), []
+
+    def hook(path, spec):
+        calls.append((path, spec["note"]))
+        return LoadPlan(tokenizer=hooked, config_updates={"vlm_model_name": str(path / "vlm"), "n_action_steps": 3})
+
+    register_load_hook("tests.test_lerobot_adapters", hook)
+    (ckpt / LOAD_HOOK_FILE).write_text(json.dumps({"hook": "tests.test_lerobot_adapters", "note": "seen"}))
+    policy = load_lerobot_policy(str(ckpt), device="cpu")
+    assert calls == [(ckpt, "seen")]
+    assert policy.config.n_action_steps == 3 and policy.config.vlm_model_name == str(ckpt / "vlm")
+    assert policy.tokenizer is hooked
+    mine = byte_level_tokenizer()
+    assert load_lerobot_policy(str(ckpt), device="cpu", tokenizer=mine).tokenizer is mine
+
+
+def test_library_loaders_import_no_test_fixture():
+    code = ("import sys, gaflow.policies.registry, gaflow.policies.lerobot, gaflow.policies.compact; "
+            "print(sorted(m for m in sys.modules if m.startswith('gaflow.testing')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == "[]"
 
 
 def test_load_policy_rejects_unknown_scheme():

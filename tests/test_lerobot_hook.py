@@ -8,15 +8,15 @@ from helpers import LinearCritic
 
 from gaflow.critic import EnsembleMLPCritic
 from gaflow.guidance import Guidance, GuidanceConfig
-from gaflow.policies.lerobot.tiny import (
+from gaflow.policies.registry import load_policy
+from gaflow.runtime import LeRobotGuidanceHook
+from gaflow.sampler import sample_chunks
+from gaflow.testing.lerobot_tiny import (
     FAMILIES,
     OfflineModelConfig,
     example_observation,
     save_offline_checkpoint,
 )
-from gaflow.policies.registry import load_policy
-from gaflow.runtime import LeRobotGuidanceHook
-from gaflow.sampler import sample_chunks
 
 torch.set_num_threads(1)
 B = 2

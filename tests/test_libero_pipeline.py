@@ -19,7 +19,7 @@ ENV = "libero:libero_spatial?cameras=1&image_size=32"
 
 
 def test_libero_collect_critic_eval_with_a_tiny_lerobot_smolvla(tmp_path):
-    from gaflow.policies.lerobot.tiny import OfflineModelConfig, save_offline_checkpoint
+    from gaflow.testing.lerobot_tiny import OfflineModelConfig, save_offline_checkpoint
 
     torch.set_num_threads(1)
     ckpt = save_offline_checkpoint(

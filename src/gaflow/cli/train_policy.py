@@ -19,7 +19,9 @@ from gaflow.cli import app, comma_list
 
 @app.command("train-policy")
 def train_policy_cmd(
-    dataset: Path = typer.Option(Path("data/demos"), help="LeRobotDataset v3 folder of demonstrations"),
+    dataset: Path = typer.Option(Path("data/demos"), help="LeRobotDataset v3 folder of demonstrations; "
+                                 "'a,b::push+pick-place' joins folders and keeps only those tasks of b "
+                                 "(MetaWorld names or task strings)"),
     out: Path = typer.Option(Path("runs/policy"), help="run folder (checkpoints + final policy)"),
     steps: int = typer.Option(20_000, help="total optimiser steps"),
     batch_size: int = typer.Option(64, help="observations per step"),
@@ -60,13 +62,21 @@ def train_policy_cmd(
         seed=seed, num_threads=num_threads, max_episodes_per_task=max_episodes_per_task,
         successful_only=successful_only, progress=progress, policy=pcfg,
     )
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, describe_task=metaworld_task_string)
     f = trainer.frames
     console.print(f"dataset {f.root}: {len(f)} frames, {f.num_episodes} episodes, tasks {f.tasks}")
     console.print(f"policy: {trainer.policy.num_parameters():,} parameters; starting at step {trainer.step}")
     trainer.run()
     console.print(f"[bold]train-policy[/bold]: step {trainer.step}, final loss {trainer.log[-1]['loss']:.4f}; "
                   f"policy saved to {out}")
+
+
+def metaworld_task_string(name: str) -> str:
+    """The task string MetaWorld demos store for task ``name`` (``"push"`` or ``"push-v3"``), so a ``--dataset``
+    filter can say ``demos::push``; raises ``ValueError`` on a name MetaWorld does not know."""
+    from gaflow.envs.metaworld import TASK_DESCRIPTIONS, task_name
+
+    return TASK_DESCRIPTIONS[task_name(name)]
 
 
 @app.command("eval-policy")

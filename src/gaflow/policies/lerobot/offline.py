@@ -6,8 +6,12 @@ statistics). A local directory is checked first so a broken checkpoint fails wit
 than deep inside draccus — or, for π0/π0.5, not at all (their ``from_pretrained`` prints a warning and returns
 random weights when ``model.safetensors`` cannot be loaded; we turn that into an error).
 
-Checkpoints written by :func:`gaflow.policies.lerobot.tiny.save_offline_checkpoint` carry a marker file; their
-stand-in tokenizer and tiny-model patches are applied automatically.
+A checkpoint that cannot be loaded by LeRobot alone (the random-weight test models of
+:mod:`gaflow.testing.lerobot_tiny`, whose architecture and tokenizer are stand-ins) names a *load hook* in a
+:data:`LOAD_HOOK_FILE` next to ``config.json``. Code that knows such checkpoints registers the hook with
+:func:`register_load_hook` when it is imported; the hook returns a :class:`LoadPlan` (patches to build and load the
+model inside, a tokenizer, config fields to set). This module knows no hook by name: a checkpoint whose hook is not
+registered fails with an error naming the file and the hook.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PREPROCESSOR_NAME = "policy_preprocessor.json"
 POSTPROCESSOR_NAME = "policy_postprocessor.json"
+LOAD_HOOK_FILE = "gaflow_load_hook.json"  # {"hook": <registered name>, ...fields the hook reads}
 ADAPTERS: dict[str, type[LeRobotFlowPolicy]] = {
     "smolvla": SmolVLAFlowPolicy,
     "pi0": PI0FlowPolicy,
@@ -38,6 +45,37 @@ ADAPTERS: dict[str, type[LeRobotFlowPolicy]] = {
 
 class CheckpointError(ValueError):
     """A LeRobot checkpoint that cannot be used; the message names the offending file."""
+
+
+@dataclass
+class LoadPlan:
+    """What a load hook adds to an ordinary load.
+
+    ``patches``: a (single-use) context the policy is built and its weights loaded inside — ``from_pretrained``
+    rebuilds the model from the config, so architecture stand-ins must be in place then too. ``tokenizer``: used
+    unless the caller passes ``tokenizer=``. ``config_updates``: policy-config fields set after reading
+    ``config.json`` (e.g. paths that must follow the checkpoint when it moves).
+    """
+
+    patches: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)
+    tokenizer: Any = None
+    config_updates: dict[str, Any] = field(default_factory=dict)
+
+
+# A hook gets the checkpoint directory and the parsed LOAD_HOOK_FILE; it raises ValueError on a bad file.
+LoadHook = Callable[[Path, dict[str, Any]], LoadPlan]
+_LOAD_HOOKS: dict[str, LoadHook] = {}
+
+
+def register_load_hook(name: str, hook: LoadHook) -> None:
+    """Make checkpoints whose :data:`LOAD_HOOK_FILE` says ``{"hook": name}`` loadable (re-registering replaces).
+
+    By convention ``name`` is the registering module's ``__name__``, so an unregistered hook's error can say what
+    to import.
+    """
+    if not name:
+        raise ValueError("register_load_hook: name must be a non-empty string")
+    _LOAD_HOOKS[name] = hook
 
 
 def wrap_lerobot_policy(policy, preprocessor, postprocessor, tokenizer=None) -> LeRobotFlowPolicy:
@@ -66,14 +104,12 @@ def load_lerobot_policy(
         raise ValueError("empty LeRobot checkpoint: use 'lerobot:<hub id or local dir>'")
     local = Path(src).expanduser()
     is_local = local.exists() or src.startswith((".", "/", "~"))
-    plan = None
+    plan = LoadPlan()
     if is_local:
         _check_local_checkpoint(local)
-        from gaflow.policies.lerobot.tiny import offline_load_plan
-
-        plan = offline_load_plan(local)
+        plan = _load_plan(local)
         src = str(local)
-    if plan is not None and tokenizer is None:
+    if tokenizer is None:
         tokenizer = plan.tokenizer
 
     config_file = local / CONFIG_NAME if is_local else f"{src}/{CONFIG_NAME}"
@@ -86,7 +122,7 @@ def load_lerobot_policy(
             f"{config_file}: policy type {config.type!r} is not a flow VLA gaflow supports "
             f"({', '.join(ADAPTERS)})"
         )
-    for key, value in (plan.config_updates if plan else {}).items():
+    for key, value in plan.config_updates.items():
         setattr(config, key, value)
     if device is not None:
         config.device = device
@@ -94,7 +130,7 @@ def load_lerobot_policy(
     cls = get_policy_class(config.type)
     weights = local / WEIGHTS_NAME if is_local else f"{src}/{WEIGHTS_NAME}"
     captured = io.StringIO()
-    with plan.patches if plan else contextlib.nullcontext(), contextlib.redirect_stdout(captured):
+    with plan.patches, contextlib.redirect_stdout(captured):
         try:
             policy = cls.from_pretrained(src, config=config, strict=True)
         except Exception as exc:
@@ -118,6 +154,30 @@ def load_lerobot_policy(
         where = local if is_local else src
         raise CheckpointError(f"{where}/{names}: cannot build the policy's processors ({exc})") from exc
     return wrap_lerobot_policy(policy, pre, post, tokenizer=tokenizer)
+
+
+def _load_plan(ckpt: Path) -> LoadPlan:
+    """The plan of the hook ``ckpt`` names in :data:`LOAD_HOOK_FILE`; an empty plan when there is no such file."""
+    path = ckpt / LOAD_HOOK_FILE
+    if not path.is_file():
+        return LoadPlan()
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    name = spec.get("hook") if isinstance(spec, dict) else None
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{path}: no 'hook' field naming the load hook this checkpoint needs")
+    if name not in _LOAD_HOOKS:
+        known = ", ".join(sorted(_LOAD_HOOKS)) or "none"
+        raise CheckpointError(
+            f"{path}: this checkpoint needs the load hook {name!r}, which is not registered in this process "
+            f"(registered: {known}); import the module that registers it (e.g. `import {name}`) before loading"
+        )
+    try:
+        return _LOAD_HOOKS[name](ckpt, spec)
+    except (ValueError, KeyError, OSError) as exc:
+        raise CheckpointError(f"{path}: load hook {name!r} failed ({exc})") from exc
 
 
 def _check_local_checkpoint(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""LeRobot SmolVLA / π0 / π0.5 built offline with random weights, for tests and latency benchmarks.
+"""LeRobot SmolVLA / π0 / π0.5 built offline with random weights, for tests and latency benchmarks (a fixture, not
+library code: nothing in :mod:`gaflow.policies` imports it).
 
 Nothing here touches the Hugging Face hub (run with ``HF_HUB_OFFLINE=1``):
 
@@ -13,11 +14,13 @@ Nothing here touches the Hugging Face hub (run with ``HF_HUB_OFFLINE=1``):
   PaliGemma tokenizer (hard-coded in the processors) is replaced by a byte-level stand-in that adds ``<bos>``.
 
 :func:`save_offline_checkpoint` writes an ordinary LeRobot checkpoint directory (``config.json``,
-``model.safetensors``, ``policy_{pre,post}processor*.json``) plus the stand-in VLM/tokenizer folder and a marker
-file (:data:`MARKER`) that tells :func:`gaflow.policies.lerobot.load_lerobot_policy` which patches and tokenizer
-to use; loading then goes through the policy class's own ``from_pretrained`` like any checkpoint.
+``model.safetensors``, ``policy_{pre,post}processor*.json``) plus the stand-in VLM/tokenizer folder and a
+:data:`~gaflow.policies.lerobot.offline.LOAD_HOOK_FILE` naming this module's load hook, which importing this module
+registers (:func:`~gaflow.policies.lerobot.offline.register_load_hook`); loading then goes through the policy
+class's own ``from_pretrained`` like any checkpoint, inside the hook's patches. A process that loads such a
+checkpoint must import this module first (the loader's error says so).
 
->>> from gaflow.policies.lerobot.tiny import OfflineModelConfig, save_offline_checkpoint  # doctest: +SKIP
+>>> from gaflow.testing.lerobot_tiny import OfflineModelConfig, save_offline_checkpoint  # doctest: +SKIP
 >>> path = save_offline_checkpoint(OfflineModelConfig(family="pi05"), "/tmp/tiny_pi05")  # doctest: +SKIP
 >>> policy = load_lerobot_policy(f"lerobot:{path}")  # doctest: +SKIP
 """
@@ -25,7 +28,6 @@ to use; loading then goes through the policy class's own ``from_pretrained`` lik
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,8 +36,11 @@ from typing import Any
 
 import torch
 
+from gaflow.io import atomic_write_json
+from gaflow.policies.lerobot.offline import LOAD_HOOK_FILE, LoadPlan, register_load_hook
+
 FAMILIES = ("smolvla", "pi0", "pi05")
-MARKER = "gaflow_offline.json"  # written next to config.json by save_offline_checkpoint
+HOOK_NAME = __name__  # the name save_offline_checkpoint writes into LOAD_HOOK_FILE
 PALIGEMMA_TOKENIZER = "google/paligemma-3b-pt-224"  # the name LeRobot's π processors hard-code
 
 _SMOLVLM_SPECIALS = ["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"]
@@ -310,53 +315,40 @@ def build_offline_policy(cfg: OfflineModelConfig, workdir: str | os.PathLike):
 
 
 def save_offline_checkpoint(cfg: OfflineModelConfig, out_dir: str | os.PathLike) -> Path:
-    """Build a random-weight policy and save it as a LeRobot checkpoint directory (plus :data:`MARKER`)."""
+    """Build a random-weight policy and save it as a LeRobot checkpoint directory (plus its load-hook file)."""
     out = Path(out_dir)
     policy, pre, post = build_offline_policy(cfg, out)
     policy.save_pretrained(out)
     pre.save_pretrained(out)
     post.save_pretrained(out)
-    marker = {"family": cfg.family, "size": cfg.size, "build": asdict(cfg)}
+    marker = {"hook": HOOK_NAME, "family": cfg.family, "size": cfg.size, "build": asdict(cfg)}
     if cfg.family == "smolvla":
         marker["vlm_dir"] = "vlm"
     else:
         marker["tokenizer_dir"] = "tokenizer"
         marker["pi_dims"] = _pi_dims(cfg.size)
-    tmp = out / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=2))
-    os.replace(tmp, out / MARKER)
+    atomic_write_json(out / LOAD_HOOK_FILE, marker)
     return out
 
 
-@dataclass
-class OfflineLoad:
-    """How to load a checkpoint written by :func:`save_offline_checkpoint` (read from its marker file)."""
-
-    patches: contextlib.AbstractContextManager
-    tokenizer: Any
-    config_updates: dict[str, Any]
-
-
-def offline_load_plan(ckpt_dir: str | os.PathLike) -> OfflineLoad | None:
-    """``None`` for an ordinary checkpoint; otherwise the patches, tokenizer and config updates to load it."""
-    ckpt = Path(ckpt_dir)
-    path = ckpt / MARKER
-    if not path.is_file():
-        return None
-    try:
-        marker = json.loads(path.read_text())
-        family = marker["family"]
-    except (json.JSONDecodeError, KeyError) as exc:
-        raise ValueError(f"{path}: not a valid gaflow offline-model marker ({exc})") from exc
+def offline_load_plan(ckpt: Path, marker: dict[str, Any]) -> LoadPlan:
+    """The load hook: stand-in tokenizer, tiny-architecture patches and the relocated VLM folder of a checkpoint
+    written by :func:`save_offline_checkpoint` (``marker`` is its parsed load-hook file)."""
     from transformers import AutoTokenizer
 
+    family = marker.get("family")
     if family == "smolvla":
-        vlm = ckpt / marker.get("vlm_dir", "vlm")
-        return OfflineLoad(contextlib.nullcontext(), AutoTokenizer.from_pretrained(vlm), {"vlm_model_name": str(vlm)})
+        vlm = ckpt / marker.get("vlm_dir", "vlm")  # the config's absolute path is where it was first saved
+        return LoadPlan(tokenizer=AutoTokenizer.from_pretrained(vlm), config_updates={"vlm_model_name": str(vlm)})
     if family in ("pi0", "pi05"):
+        if "pi_dims" not in marker:
+            raise ValueError("no 'pi_dims' field (the tiny Gemma dimensions the weights were built with)")
         tok = AutoTokenizer.from_pretrained(ckpt / marker.get("tokenizer_dir", "tokenizer"))
-        return OfflineLoad(pi_tiny_patches(family, marker["pi_dims"]), tok, {})
-    raise ValueError(f"{path}: unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+        return LoadPlan(patches=pi_tiny_patches(family, marker["pi_dims"]), tokenizer=tok)
+    raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+
+
+register_load_hook(HOOK_NAME, offline_load_plan)
 
 
 def example_observation(
