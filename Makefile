@@ -18,6 +18,7 @@ test: bootstrap
 
 lint: bootstrap
 	$(UV) run ruff check src tests benchmarks
+	$(UV) run lint-imports
 
 bench: bootstrap
 	$(UV) run python benchmarks/guidance_latency.py

@@ -57,7 +57,8 @@ def test_libero_study_pipeline_runs_end_to_end_at_a_tiny_size(tmp_path):
     from rich.console import Console
 
     from gaflow.evaluation.splits import LIBERO_SPLITS
-    from gaflow.pipeline import preset, run_pipeline
+    from gaflow.experiments import preset
+    from gaflow.pipeline import run_pipeline
 
     torch.set_num_threads(1)
     cfg = preset("libero-tiny")

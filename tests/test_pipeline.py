@@ -5,7 +5,8 @@ import json
 from rich.console import Console
 
 from gaflow.evaluation.splits import DEFAULT_SPLITS
-from gaflow.pipeline import preset, run_pipeline
+from gaflow.experiments import preset
+from gaflow.pipeline import run_pipeline
 
 
 def test_tiny_demo_pipeline_runs_end_to_end_and_resumes(tmp_path):

@@ -26,7 +26,7 @@ def demo(
     workers: int = typer.Option(None, help="worker processes"),
 ) -> None:
     """Demonstrations → base policy → rollouts → critic → validation sweep → locked test evaluation → report."""
-    from gaflow.pipeline import preset as make_preset
+    from gaflow.experiments import preset as make_preset
     from gaflow.pipeline import run_pipeline
 
     def given(text: str | None) -> list[str] | None:  # None: keep the preset's value
