@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import LinearCritic
@@ -10,7 +11,7 @@ from gaflow.critic import EnsembleMLPCritic
 from gaflow.guidance import Guidance, GuidanceConfig
 from gaflow.policies.registry import load_policy
 from gaflow.runtime import LeRobotGuidanceHook
-from gaflow.sampler import sample_chunks
+from gaflow.sampler import SamplerConfig, sample_chunks
 from gaflow.testing.lerobot_tiny import (
     FAMILIES,
     OfflineModelConfig,
@@ -147,3 +148,26 @@ def test_hook_refuses_a_critic_for_another_action_dim(adapters):
     critic = EnsembleMLPCritic({"state": 6}, ad.spec.chunk_len, ad.spec.action_dim + 2, hidden=(8,), num_members=1)
     with pytest.raises(ValueError, match="action_dim"):
         LeRobotGuidanceHook(ad, Guidance(critic, GuidanceConfig()))
+
+
+@pytest.mark.parametrize("family", FAMILIES[:1])
+def test_runtime_hook_mode_is_lerobots_own_sampler_with_the_hook(adapters, family):
+    """GuidedRuntime(mode="hook") runs LeRobot's predict_action_chunk: unguided it is LeRobot's chunk bit for bit,
+    guided it is exactly what the hook gives by hand."""
+    from gaflow.runtime import GuidedRuntime
+
+    ad = adapters[family]
+    critic = _critic(ad, 1)
+    obs, noise = example_observation(ad.config, B, seed=2), _noise(ad, 3)
+    plain = GuidedRuntime(ad, mode="hook").infer_batch(obs, B, noise=noise.clone())
+    assert torch.equal(plain.chunk, ad.lerobot_chunk(obs, noise=noise.clone()))
+    guided = GuidedRuntime(ad, critic=critic, guidance={"scale": 0.3}, mode="hook").infer_batch(
+        obs, B, noise=noise.clone())
+    with LeRobotGuidanceHook(ad, Guidance(critic, GuidanceConfig(scale=0.3))):
+        by_hand = ad.lerobot_chunk(obs, noise=noise.clone())
+    assert torch.equal(guided.chunk, by_hand) and not torch.equal(guided.chunk, plain.chunk)
+    assert np.array_equal(guided.actions, ad.decode_actions(by_hand).numpy())
+    assert len(guided.diagnostics) == B and guided.diagnostics[0]["ratio_mean"] > 0
+    with pytest.raises(ValueError, match="one chunk per observation"):
+        GuidedRuntime(ad, critic=critic, guidance={"scale": 0.3}, mode="hook",
+                      sampler=SamplerConfig(num_candidates=2))
