@@ -1,7 +1,9 @@
 """``gaflow critic-report``: check a critic before any robot sees it.
 
-1. On held-out episodes: ROC-AUC of the critic's value for eventual success, its rank correlation with progress
-   (closeness to success within successful episodes), a reliability table, ensemble disagreement.
+1. On episodes no training decision saw (the critic's ``report`` split and held-out-task episodes; critics trained
+   before the report split fall back, labelled, to their validation episodes): ROC-AUC of the critic's value for
+   eventual success, its rank correlation with progress (closeness to success within successful episodes), a
+   reliability table, ensemble disagreement.
 2. On *real sampler states* of the base policy (observations from the recorded episodes, re-encoded, sampled with
    the given guidance config): the distribution of ‖applied guidance‖/‖velocity‖ — with a warning when guidance
    would be negligible (the published method's critics were 8–400× too weak and nobody noticed) or would dominate.
@@ -23,14 +25,33 @@ NEGLIGIBLE_RATIO = 0.01  # median ‖Δv‖/‖v‖ below this: guidance cannot 
 DOMINANT_RATIO = 1.0  # above this: guidance overrides the policy
 
 
-def heldout_rows(table: ChunkTable, critic_dir: Path, same_data: bool) -> tuple[torch.Tensor, str]:
-    """Rows the critic never trained on: its validation + held-out-task episodes, or all rows of new data."""
+QUALITY_SPLITS = {
+    "new_data": "all episodes (data not used in training)",
+    "report": "report/held-out-task episodes of the training data (seen by no training decision)",
+    "validation_fallback": "validation/held-out-task episodes of the training data — VALIDATION CHOSE THE CHECKPOINT, "
+                           "so these numbers are optimistic (critic has no report split)",
+}
+
+
+def quality_split(critic_dir: Path, same_data: bool) -> str:
+    """Which episodes the quality numbers come from: a key of :data:`QUALITY_SPLITS`."""
     if not same_data:
-        return torch.arange(len(table)), "all episodes (data not used in training)"
+        return "new_data"
     info = json.loads((critic_dir / "critic.json").read_text())
-    eps = info["split"]["validation"] + info["split"]["held_out"]
+    # critics trained before the report split (or with report_fraction=0, or on too little data) have none
+    return "report" if info["split"].get("report") else "validation_fallback"
+
+
+def heldout_rows(table: ChunkTable, critic_dir: Path, same_data: bool) -> tuple[torch.Tensor, str]:
+    """Rows no training decision saw: the critic's report + held-out-task episodes (for a critic without a report
+    split, its validation + held-out-task episodes, labelled as such), or all rows of new data."""
+    kind = quality_split(critic_dir, same_data)
+    if kind == "new_data":
+        return torch.arange(len(table)), QUALITY_SPLITS[kind]
+    split = json.loads((critic_dir / "critic.json").read_text())["split"]
+    eps = split["report" if kind == "report" else "validation"] + split["held_out"]
     rows = torch.nonzero(torch.isin(table.episode, torch.tensor(eps, dtype=torch.long))).flatten()
-    return rows, f"{len(eps)} validation/held-out episodes of the training data"
+    return rows, f"{len(eps)} {QUALITY_SPLITS[kind]}"
 
 
 def observations_at(collect_dir: Path, table: ChunkTable, rows: torch.Tensor) -> list[dict]:
@@ -155,7 +176,8 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, policy_spec: s
         pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_states]]
         strength = guidance_strength(policy, critic, guidance_cfg, observations_at(collect_dir, table, pick))
         verdict, warning = strength_verdict(strength["ratio"])
-    report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label, **quality, "auc_per_task": auc_per_task,
+    report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label,
+              "quality_split": quality_split(critic_dir, same_data), **quality, "auc_per_task": auc_per_task,
               "guidance_config": guidance_cfg.to_dict() if guidance_cfg is not None else None,
               "strength_verdict": verdict, "strength_warning": warning}
     if strength is not None:
