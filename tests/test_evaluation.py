@@ -44,6 +44,7 @@ def test_every_arm_sees_identical_initial_states_and_zero_matches_unguided(tmp_p
     m = summarize(records, ["unguided", "guided", "zero", "random"])
     assert m["unpaired_episodes"] == []
     assert m["pooled"]["zero"]["lift"] == 0 and m["pooled"]["zero"]["fail_to_success"] == 0
+    assert m["pooled"]["guided"]["leads_with"] == "unclustered"  # every seed its own initial state
     assert m["pooled"]["guided"]["guidance"]["ratio_median"] == pytest.approx(0.5, rel=1e-3)
     # resuming a finished run re-runs nothing and returns the same records
     assert run_eval(cfg, tmp_path, workers=1, progress=False) == records
@@ -96,3 +97,49 @@ def test_eval_cli_refuses_unlocked_guidance_on_test(tmp_path, critic_dir):
                                    "--out", str(tmp_path / "run")])
     assert res.exit_code != 0 and "locked" in (res.output + str(res.exception))
     assert not (tmp_path / "run" / "episodes").exists()
+
+
+def hand_records(states: list[int], guided: list[bool], task: str = "push") -> list[dict]:
+    """Paired records: the baseline always fails; episode i starts from initial state ``states[i]``."""
+    def arm(success, state):
+        return {"success": success, "length": 10, "chunk_latency_ms": 1.0, "init_state_sha": f"s{state}"}
+
+    return [{"task": task, "seed": i, "arms": {"unguided": arm(False, s), "guided": arm(g, s)}}
+            for i, (s, g) in enumerate(zip(states, guided, strict=True))]
+
+
+def test_repeated_initial_states_lead_with_clustered_statistics():
+    from gaflow.evaluation.report import legend, markdown_table
+
+    # 5 initial states × 2 noise repeats; guidance wins both repeats of states 0–2 and neither of 3–4
+    records = hand_records([0, 0, 1, 1, 2, 2, 3, 3, 4, 4], [True] * 6 + [False] * 4)
+    m = summarize(records, ["unguided", "guided"])
+    g = m["pooled"]["guided"]
+    assert g["leads_with"] == "clustered" and g["clustered"]["clusters"] == 5
+    assert g["mcnemar_p"] == 2 / 64  # 6 independent-looking flips
+    assert g["clustered"]["p_value"] == pytest.approx(2 / 8)  # 3 states moved: 2 of 2^3 sign patterns
+    # resampling 5 states, 3 of them winners: P(no winner) = 1.0% < 2.5% < P(≤ 1) = 8.7%; P(all) = 7.8%
+    assert g["clustered"]["lift_ci95"] == pytest.approx([0.2, 1.0])
+    assert g["lift_ci95"] == pytest.approx([0.3, 0.9])  # 10 "independent" episodes: narrower
+    assert g["clustered"]["ci95"] == g["clustered"]["lift_ci95"]  # the baseline never succeeds
+    assert m["pooled"]["unguided"]["clustered"]["ci95"] == [0.0, 0.0]
+    assert "sign-flip" in g["clustered"]["method"] and "exact" in g["clustered"]["method"]
+    assert m["per_task"]["push"]["guided"]["clustered"] == g["clustered"]
+    table = markdown_table(m["pooled"])
+    assert "p (clustered)" in table and "| 5 | [20.0, 100.0] | +60.0 [+20.0, +100.0] | 0.25 |" in table
+    assert "read the clustered columns" in legend(m)
+
+
+def test_one_episode_per_initial_state_gives_the_unclustered_numbers():
+    from gaflow.evaluation.report import legend, markdown_table
+
+    records = hand_records(list(range(10)), [True] * 6 + [False] * 4)
+    m = summarize(records, ["unguided", "guided"])
+    g = m["pooled"]["guided"]
+    assert g["leads_with"] == "unclustered" and g["clustered"]["clusters"] == 10
+    assert (g["clustered"]["ci95"], g["clustered"]["lift_ci95"], g["clustered"]["p_value"]) == (
+        g["ci95"], g["lift_ci95"], g["mcnemar_p"])
+    assert "clustered" not in markdown_table(m["pooled"]) and "clustered" not in legend(m)
+    # the same initial-state hash in two tasks is two initial states
+    two_tasks = hand_records([0] * 5, [True] * 5, "push") + hand_records([0] * 5, [True] * 5, "pick")
+    assert summarize(two_tasks, ["unguided", "guided"])["pooled"]["guided"]["clustered"]["clusters"] == 2

@@ -26,6 +26,8 @@ def train_critic_cmd(
     lr: float = typer.Option(3e-4),
     gamma: float = typer.Option(0.99, help="discount per env step for success-to-go / IQL"),
     val_fraction: float = typer.Option(0.2, help="fraction of episodes held out for early stopping"),
+    report_fraction: float = typer.Option(0.2, help="fraction of episodes no training decision sees (critic-report's "
+                                                     "AUC and calibration); 0 = none"),
     patience: int = typer.Option(6),
     held_out_tasks: str = typer.Option("", help="tasks excluded entirely (for evaluation on unseen tasks)"),
     seed: int = typer.Option(0),
@@ -38,12 +40,14 @@ def train_critic_cmd(
     table = ChunkTable.concat(tables) if len(tables) > 1 else tables[0]
     cfg = CriticTrainConfig(target=target, arch=arch, features=comma_list(features),
                             hidden=tuple(int(h) for h in comma_list(hidden)), members=members, epochs=epochs,
-                            batch_size=batch_size, lr=lr, gamma=gamma, val_fraction=val_fraction, patience=patience,
+                            batch_size=batch_size, lr=lr, gamma=gamma, val_fraction=val_fraction,
+                            report_fraction=report_fraction, patience=patience,
                             held_out_tasks=comma_list(held_out_tasks), seed=seed)
     _, metrics, split = train_critic(table, cfg, out_dir=out)
     Console().print(f"[bold]train-critic[/bold]: best validation loss {metrics['best_val_loss']:.4f} at epoch "
                     f"{metrics['best_epoch']} ({metrics['train_chunks']} train / {metrics['validation_chunks']} "
-                    f"validation chunks, {len(split.held_out)} held-out-task episodes) → {out}")
+                    f"validation chunks, {len(split.report)} report episodes, {len(split.held_out)} held-out-task "
+                    f"episodes) → {out}")
 
 
 @app.command("critic-report")
@@ -56,7 +60,8 @@ def critic_report_cmd(
     new_data: bool = typer.Option(False, help="DATA was not used to train the critic: report on all of it"),
     max_states: int = typer.Option(128, help="observations re-sampled for the strength check"),
 ) -> None:
-    """AUC, calibration and disagreement on held-out episodes; guidance/velocity ratio on real states."""
+    """AUC, calibration and disagreement on episodes no training decision saw; guidance/velocity ratio on real
+    states."""
     from gaflow.evaluation.critic_check import critic_report_with_strength
     from gaflow.guidance import GuidanceConfig
 
@@ -65,7 +70,8 @@ def critic_report_cmd(
     rep = critic_report_with_strength(critic, data, out, policy_spec=policy, guidance_cfg=gcfg if policy else None,
                         max_states=max_states, same_data=not new_data)
     console = Console()
-    t = Table(title=f"critic report — {rep['rows']}")
+    console.print(f"quality measured on {rep['rows']}")
+    t = Table(title="critic report")
     t.add_column("metric")
     t.add_column("value", justify="right")
     for k in ("n_episodes", "n_chunks", "success_fraction", "auc", "auc_first_chunk", "progress_spearman", "ece",
@@ -75,6 +81,9 @@ def critic_report_cmd(
     for k, v in rep.get("ratio_quantiles", {}).items():
         t.add_row(f"‖Δv‖/‖v‖ {k}", f"{v:.3g}")
     console.print(t)
+    if rep["quality_split"] == "validation_fallback":
+        console.print("[bold yellow]note[/bold yellow]: this critic has no report split; the quality numbers come "
+                      "from the validation episodes that chose its checkpoint (optimistic)")
     if rep["strength_warning"]:
         console.print(f"[bold red]warning[/bold red]: {rep['strength_warning']}")
     console.print(f"report: {out / 'critic_report.json'}, plots: {', '.join(rep['plots'])}")

@@ -54,9 +54,20 @@ class ChunkTable:
         for k, v in self.features.items():
             if v.shape[0] != n:
                 raise ValueError(f"chunk table: feature {k!r} has {v.shape[0]} rows, expected {n}")
+        if n and (int(self.next_row.min()) < -1 or int(self.next_row.max()) >= n):
+            raise ValueError(f"chunk table: column 'next_row' must hold row indices in [-1, {n}); got "
+                             f"[{int(self.next_row.min())}, {int(self.next_row.max())}]")
+        if n and self.episodes and (int(self.episode.min()) < 0 or int(self.episode.max()) >= len(self.episodes)):
+            raise ValueError(f"chunk table: column 'episode' must index the {len(self.episodes)} episodes; got "
+                             f"[{int(self.episode.min())}, {int(self.episode.max())}]")
 
     def __len__(self) -> int:
         return self.chunk.shape[0]
+
+    def nonfinite_fields(self) -> list[str]:
+        """Names of the float columns (``chunk``, ``feature.<key>``) holding NaN or inf."""
+        cols = {"chunk": self.chunk, **{f"feature.{k}": v for k, v in self.features.items()}}
+        return [name for name, v in cols.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
     @property
     def episode_task(self) -> list[str]:
@@ -132,8 +143,16 @@ class ChunkTable:
         if missing:
             raise ValueError(f"chunk table {path} lacks column(s) {missing}")
         feats = {k[len("feature."):]: v for k, v in tensors.items() if k.startswith("feature.")}
-        return cls(**{n: tensors[n] for n in REQUIRED}, features=feats,
-                   episodes=json.loads(meta.get("episodes", "[]")), meta=json.loads(meta.get("meta", "{}")))
+        try:
+            table = cls(**{n: tensors[n] for n in REQUIRED}, features=feats,
+                        episodes=json.loads(meta.get("episodes", "[]")), meta=json.loads(meta.get("meta", "{}")))
+        except (ValueError, json.JSONDecodeError) as e:
+            raise ValueError(f"chunk table {path}: {str(e).removeprefix('chunk table: ')}") from e
+        bad = table.nonfinite_fields()
+        if bad:
+            # refused here, where the file is known, rather than as a NaN loss (or worse) deep in train-critic
+            raise ValueError(f"chunk table {path} has NaN/inf values in {bad}")
+        return table
 
 
 def episode_rows(table: ChunkTable) -> dict[int, torch.Tensor]:

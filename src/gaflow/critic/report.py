@@ -1,7 +1,9 @@
 """``gaflow critic-report``: check a critic before any robot sees it.
 
-1. On held-out episodes: ROC-AUC of the critic's value for eventual success, its rank correlation with progress
-   (closeness to success within successful episodes), a reliability table, ensemble disagreement.
+1. On episodes no training decision saw (the critic's ``report`` split and held-out-task episodes; critics trained
+   before the report split fall back, labelled, to their validation episodes): ROC-AUC of the critic's value for
+   eventual success, its rank correlation with progress (closeness to success within successful episodes), a
+   reliability table, ensemble disagreement.
 2. Optionally, guidance strength on *real sampler states* of the base policy — measured by the caller
    (:mod:`gaflow.evaluation.critic_check`, which needs a policy) and plotted and reported here.
 """
@@ -22,14 +24,33 @@ NEGLIGIBLE_RATIO = 0.01  # median ‖Δv‖/‖v‖ below this: guidance cannot 
 DOMINANT_RATIO = 1.0  # above this: guidance overrides the policy
 
 
-def heldout_rows(table: ChunkTable, critic_dir: Path, same_data: bool) -> tuple[torch.Tensor, str]:
-    """Rows the critic never trained on: its validation + held-out-task episodes, or all rows of new data."""
+QUALITY_SPLITS = {
+    "new_data": "all episodes (data not used in training)",
+    "report": "report/held-out-task episodes of the training data (seen by no training decision)",
+    "validation_fallback": "validation/held-out-task episodes of the training data — VALIDATION CHOSE THE CHECKPOINT, "
+                           "so these numbers are optimistic (critic has no report split)",
+}
+
+
+def quality_split(critic_dir: Path, same_data: bool) -> str:
+    """Which episodes the quality numbers come from: a key of :data:`QUALITY_SPLITS`."""
     if not same_data:
-        return torch.arange(len(table)), "all episodes (data not used in training)"
+        return "new_data"
     info = json.loads((critic_dir / "critic.json").read_text())
-    eps = info["split"]["validation"] + info["split"]["held_out"]
+    # critics trained before the report split (or with report_fraction=0, or on too little data) have none
+    return "report" if info["split"].get("report") else "validation_fallback"
+
+
+def heldout_rows(table: ChunkTable, critic_dir: Path, same_data: bool) -> tuple[torch.Tensor, str]:
+    """Rows no training decision saw: the critic's report + held-out-task episodes (for a critic without a report
+    split, its validation + held-out-task episodes, labelled as such), or all rows of new data."""
+    kind = quality_split(critic_dir, same_data)
+    if kind == "new_data":
+        return torch.arange(len(table)), QUALITY_SPLITS[kind]
+    split = json.loads((critic_dir / "critic.json").read_text())["split"]
+    eps = split["report" if kind == "report" else "validation"] + split["held_out"]
     rows = torch.nonzero(torch.isin(table.episode, torch.tensor(eps, dtype=torch.long))).flatten()
-    return rows, f"{len(eps)} validation/held-out episodes of the training data"
+    return rows, f"{len(eps)} {QUALITY_SPLITS[kind]}"
 
 
 def plot_report(out: Path, quality: dict, values: np.ndarray, labels: np.ndarray, strength: dict | None) -> list[str]:
@@ -97,7 +118,8 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, measure_streng
     if measure_strength is not None:
         strength = measure_strength(rows)
         verdict, warning = strength["verdict"], strength["warning"]
-    report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label, **quality, "auc_per_task": auc_per_task,
+    report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label,
+              "quality_split": quality_split(critic_dir, same_data), **quality, "auc_per_task": auc_per_task,
               "guidance_config": guidance_cfg.to_dict() if guidance_cfg is not None else None,
               "strength_verdict": verdict, "strength_warning": warning}
     if strength is not None:

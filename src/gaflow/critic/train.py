@@ -3,11 +3,18 @@
 Ensemble members get independent initialisation *and* independent data order (each member draws its own
 minibatch every step). Multi-task: one critic over several tasks, conditioned on task features; tasks listed in
 ``held_out_tasks`` are excluded from training and validation entirely (for evaluation on unseen tasks).
+
+Episodes are split three ways: ``train`` (gradient steps), ``validation`` (early stopping and the best checkpoint)
+and ``report`` (touched by no training decision; ``gaflow critic-report`` measures AUC and calibration on them).
+
+A checkpoint is ``critic.safetensors`` plus ``critic.json``, written last and carrying the weights' sha256, so a
+critic edited, truncated or overwritten after saving is refused at load, naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import warnings
@@ -38,7 +45,8 @@ class CriticTrainConfig:
     batch_size: int = 256
     lr: float = 3e-4
     weight_decay: float = 1e-4
-    val_fraction: float = 0.2
+    val_fraction: float = 0.2  # episodes for early stopping
+    report_fraction: float = 0.2  # episodes no training decision sees: critic-report's AUC and calibration
     patience: int = 6  # epochs without validation improvement before stopping
     expectile: float = 0.7  # IQL
     held_out_tasks: tuple[str, ...] = ()
@@ -51,6 +59,9 @@ class CriticTrainConfig:
             raise ValueError(f"arch must be 'mlp' or 'transformer', got {self.arch!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.report_fraction < 1.0 or self.val_fraction + self.report_fraction >= 1.0:
+            raise ValueError(f"report_fraction must be in [0, 1) and leave training episodes beside val_fraction "
+                             f"{self.val_fraction}; got {self.report_fraction}")
         if self.members < 1:
             raise ValueError(f"members must be >= 1, got {self.members}")
         self.features, self.hidden = tuple(self.features), tuple(self.hidden)
@@ -62,17 +73,24 @@ class EpisodeSplit:
     train: list[int]
     validation: list[int]
     held_out: list[int] = field(default_factory=list)  # episodes of held-out tasks
+    report: list[int] = field(default_factory=list)  # seen by no training decision (critic-report's quality numbers)
 
 
-def episode_split(table: ChunkTable, val_fraction: float, seed: int, held_out_tasks=()) -> EpisodeSplit:
-    """Split by **episode** (chunk-level splits leak); stratified by task and outcome so both sides see both."""
+def episode_split(table: ChunkTable, val_fraction: float, seed: int, held_out_tasks=(),
+                  report_fraction: float = 0.0) -> EpisodeSplit:
+    """Split by **episode** (chunk-level splits leak); stratified by task and outcome so both sides see both.
+
+    ``report_fraction`` of each (task, outcome) group goes to ``report`` (after ``validation`` is drawn, so a split
+    with ``report_fraction=0`` is the two-way split of earlier versions, episode for episode). Data too small for
+    three sides gets an empty ``report`` and a warning; critic-report then falls back, labelled, to validation.
+    """
     tasks = table.episode_task
     unknown = sorted(set(held_out_tasks) - set(tasks))
     if unknown:
         raise ValueError(f"held-out task(s) {unknown} do not occur in the data (tasks: {sorted(set(tasks))})")
     present = sorted(episode_rows(table))
     rng = np.random.default_rng(seed)
-    train, val, held = [], [], []
+    train, val, report, held = [], [], [], []
     groups: dict[tuple, list[int]] = {}
     for e in present:
         if tasks[e] in held_out_tasks:
@@ -83,14 +101,21 @@ def episode_split(table: ChunkTable, val_fraction: float, seed: int, held_out_ta
         eps = list(groups[key])
         rng.shuffle(eps)
         n_val = int(round(len(eps) * val_fraction)) if len(eps) > 1 else 0
+        n_report = int(round(len(eps) * report_fraction)) if len(eps) > 2 else 0
         val += eps[:n_val]
-        train += eps[n_val:]
+        report += eps[n_val:n_val + n_report]
+        train += eps[n_val + n_report:]
     if not val and len(train) >= 2:  # tiny data: every (task, outcome) group had one episode
         val.append(train.pop(int(rng.integers(len(train)))))
+    if report_fraction > 0 and not report and len(train) >= 2:
+        report.append(train.pop(int(rng.integers(len(train)))))
     if not train or not val:
         raise ValueError(f"need episodes on both sides of the split; got {len(train)} train, {len(val)} validation "
                          f"from {len(present)} episodes")
-    return EpisodeSplit(sorted(train), sorted(val), sorted(held))
+    if report_fraction > 0 and not report:
+        warnings.warn(f"{len(present)} episodes are too few for a report split: critic-report will measure quality "
+                      "on the validation episodes that chose the checkpoint (optimistic)", UserWarning, stacklevel=2)
+    return EpisodeSplit(sorted(train), sorted(val), sorted(held), sorted(report))
 
 
 def rows_of(table: ChunkTable, episodes: list[int]) -> torch.Tensor:
@@ -105,6 +130,9 @@ def check_table(table: ChunkTable, cfg: CriticTrainConfig, action_dim: int | Non
         raise ValueError(f"chunk table has no feature column(s) {missing}; it has {sorted(table.features)}")
     if action_dim is not None and table.chunk.shape[-1] != action_dim:
         raise ValueError(f"chunk table chunks have action dim {table.chunk.shape[-1]}, expected {action_dim}")
+    bad = table.nonfinite_fields()
+    if bad:
+        raise ValueError(f"chunk table has NaN/inf values in {bad}: a critic cannot train on them")
     s = table.success.bool()
     if bool(s.all()) or not bool(s.any()):
         # Documented behaviour: a critic can still be trained (success-to-go varies with time-to-success), but it
@@ -140,6 +168,20 @@ def _member_values(critic, feats: dict[str, torch.Tensor], chunk: torch.Tensor |
                         for i, m in enumerate(critic.members)])
 
 
+def iql_targets(value_net, feats: dict[str, torch.Tensor], rows: torch.Tensor, reward: torch.Tensor,
+                next_row: torch.Tensor, discount: torch.Tensor, inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """Chunked-IQL TD targets ``(K, B)``: member ``k``'s ``r + γ^exec·(1 − done)·V_k(s')`` on its own rows
+    ``rows[k]``, with ``V_k`` its own value network member.
+
+    Members see different rows (independent data order), so a value averaged over members would mix the values of
+    different states into one target; each member bootstraps only from itself.
+    """
+    nxt = next_row[rows]  # (K, B)
+    with torch.no_grad():
+        v_next = _member_values(value_net, feats, None, nxt.clamp_min(0), inputs)  # (K, B)
+    return reward[rows] + discount[rows] * (nxt >= 0) * v_next
+
+
 def train_critic(table: ChunkTable, cfg: CriticTrainConfig | None = None, out_dir: str | os.PathLike | None = None,
                  progress: bool = True):
     """Train an ensemble critic on ``table``; returns ``(critic, metrics)``. Saves to ``out_dir`` if given."""
@@ -147,7 +189,7 @@ def train_critic(table: ChunkTable, cfg: CriticTrainConfig | None = None, out_di
     check_table(table, cfg)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    split = episode_split(table, cfg.val_fraction, cfg.seed, cfg.held_out_tasks)
+    split = episode_split(table, cfg.val_fraction, cfg.seed, cfg.held_out_tasks, cfg.report_fraction)
     tr, va = rows_of(table, split.train), rows_of(table, split.validation)
     feats = {k: table.features[k].float() for k in cfg.features}
     chunk = table.chunk.float()
@@ -179,14 +221,11 @@ def train_critic(table: ChunkTable, cfg: CriticTrainConfig | None = None, out_di
             return ((q - y[rows_k]) ** 2).mean()
         if cfg.target == "binary":
             return torch.nn.functional.binary_cross_entropy_with_logits(q, y[rows_k])
-        # chunked IQL: V(s) ← expectile of Q(s, A); Q(s, A) ← r + γ^exec·(1 − done)·V(s')
-        v = _member_values(value_net, feats, None, rows_k, v_inputs)
-        v_loss = expectile_loss(q.detach().mean(0, keepdim=True) - v, cfg.expectile).mean()
-        n = nxt[rows_k]
-        has_next = n >= 0
-        with torch.no_grad():
-            v_next = _member_values(value_net, feats, None, n.clamp_min(0), v_inputs).mean(0, keepdim=True)
-        target = y[rows_k] + horizon_discount[rows_k] * has_next * v_next
+        # chunked IQL, each member on its own rows:
+        # V_k(s) ← expectile of Q_k(s, A);  Q_k(s, A) ← r + γ^exec·(1 − done)·V_k(s')
+        v = _member_values(value_net, feats, None, rows_k, v_inputs)  # (K, B)
+        v_loss = expectile_loss(q.detach() - v, cfg.expectile).mean()
+        target = iql_targets(value_net, feats, rows_k, y, nxt, horizon_discount, v_inputs)
         return ((q - target) ** 2).mean() + v_loss
 
     def evaluate(rows: torch.Tensor) -> float:
@@ -220,46 +259,87 @@ def train_critic(table: ChunkTable, cfg: CriticTrainConfig | None = None, out_di
             prog.update(bar, advance=1, info=f"val {val_loss:.4f} (best {best:.4f})")
             if bad >= cfg.patience:
                 break
+    if best_state is None:
+        raise ValueError(f"the critic's validation loss was never finite ({history[-1]['val_loss']} at the last "
+                         "epoch): lower lr, or check the chunk table")
     critic.load_state_dict(best_state)
     critic.eval()
     metrics = {"best_val_loss": best, "best_epoch": best_epoch, "epochs_run": len(history), "history": history,
                "train_episodes": len(split.train), "validation_episodes": len(split.validation),
-               "held_out_episodes": len(split.held_out), "train_chunks": len(tr), "validation_chunks": len(va)}
+               "held_out_episodes": len(split.held_out), "report_episodes": len(split.report),
+               "train_chunks": len(tr), "validation_chunks": len(va)}
     if out_dir is not None:
         save_critic(critic, out_dir, cfg, {"metrics": metrics, "split": dataclasses.asdict(split)})
     return critic, metrics, split
 
 
+CRITIC_FORMAT = "gaflow-critic-v2"  # v2: critic.json carries the weights' sha256
+WEIGHTS_FILE, CONFIG_FILE = "critic.safetensors", "critic.json"
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def save_critic(critic, out_dir: str | os.PathLike, cfg: CriticTrainConfig, extra: dict | None = None) -> None:
-    """``critic.safetensors`` (weights + feature stats) and ``critic.json`` (config, shapes, metrics), atomically."""
+    """``critic.safetensors`` (weights + feature stats), then ``critic.json`` (config, shapes, metrics, and the
+    weights' sha256), each atomically; the config is written last, so a folder whose weights changed is detected."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"param.{k}": v.contiguous() for k, v in critic.state_dict().items()}
+    tensors = {f"param.{k}": v.detach().contiguous() for k, v in critic.state_dict().items()}
     if critic.normalizer is not None:
         for key, st in critic.normalizer.stats.items():
             for s, v in st.items():
                 tensors[f"stats.{key}.{s}"] = v.contiguous()
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"refusing to save a critic with NaN/inf in {bad}")
+    atomic_save_safetensors(out / WEIGHTS_FILE, tensors)
     info = {"config": dataclasses.asdict(cfg), "feature_dims": critic.feature_dims, "chunk_len": critic.chunk_len,
-            "action_dim": critic.action_dim, "format": "gaflow-critic-v1", **(extra or {})}
-    atomic_save_safetensors(out / "critic.safetensors", tensors)
-    atomic_write_json(out / "critic.json", info)
+            "action_dim": critic.action_dim, "format": CRITIC_FORMAT, **(extra or {}),
+            "files": {WEIGHTS_FILE: _sha256(out / WEIGHTS_FILE)}}
+    atomic_write_json(out / CONFIG_FILE, info)
 
 
 def load_critic(path: str | os.PathLike):
-    """Load a critic saved by :func:`save_critic` (``path`` is its folder)."""
+    """Load a critic saved by :func:`save_critic` (``path`` is its folder).
+
+    Refused, naming the file: weights whose sha256 differs from the one in ``critic.json``, and NaN/inf weights or
+    feature stats (even with a matching checksum). A ``gaflow-critic-v1`` folder (saved before checksums) loads
+    with a warning: refusing would strand every critic trained so far, while its weights still get the NaN/inf
+    check and a shape check against its config.
+    """
     path = Path(path)
-    cfg_file, w_file = path / "critic.json", path / "critic.safetensors"
+    cfg_file, w_file = path / CONFIG_FILE, path / WEIGHTS_FILE
     for f in (cfg_file, w_file):
         if not f.exists():
             raise FileNotFoundError(f"critic checkpoint is missing {f}")
     try:
         info = json.loads(cfg_file.read_text())
         cfg = CriticTrainConfig(**info["config"])
-        tensors = load_file(str(w_file))
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"critic config {cfg_file} is not a valid gaflow critic config: {e}") from e
+    fmt = info.get("format")
+    if fmt == CRITIC_FORMAT:
+        digest = info.get("files", {}).get(WEIGHTS_FILE)
+        if digest is None:
+            raise ValueError(f"critic config {cfg_file} ({fmt}) lists no sha256 for {WEIGHTS_FILE}")
+        if _sha256(w_file) != digest:
+            raise ValueError(f"critic weights {w_file} were changed after saving or not written with {cfg_file} "
+                             "(sha256 mismatch)")
+    elif fmt == "gaflow-critic-v1":
+        warnings.warn(f"critic {path} was saved before checkpoints carried checksums: {w_file} cannot be verified "
+                      "(re-save or retrain it to add one)", UserWarning, stacklevel=2)
+    else:
+        raise ValueError(f"critic config {cfg_file}: format {fmt!r} is not {CRITIC_FORMAT!r} (or gaflow-critic-v1)")
+    try:
+        tensors = load_file(str(w_file))
     except Exception as e:
         raise ValueError(f"critic weights {w_file} are unreadable: {e}") from e
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise ValueError(f"critic weights {w_file} hold NaN/inf values in {bad}")
     stats: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith("stats."):

@@ -15,15 +15,27 @@ def _pct(x: float) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
 
 
-def _row(stats: dict) -> list[str]:
+def _lift(lift: float, ci: list[float]) -> str:
+    return f"{100 * lift:+.1f} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def _is_clustered(block: dict) -> bool:
+    """Some arm of this block has episodes sharing an initial state: its clustered numbers lead."""
+    return any(s.get("leads_with") == "clustered" for s in block.values())
+
+
+def _row(stats: dict, clustered: bool = False) -> list[str]:
     lo, hi = stats["ci95"]
     cells = [str(stats["n"]), f"{_pct(stats['rate'])} [{_pct(lo)}, {_pct(hi)}]"]
     if "lift" in stats:
-        llo, lhi = stats["lift_ci95"]
-        cells += [f"{100 * stats['lift']:+.1f} [{100 * llo:+.1f}, {100 * lhi:+.1f}]",
+        cells += [_lift(stats["lift"], stats["lift_ci95"]),
                   f"{stats['fail_to_success']}↑ {stats['success_to_fail']}↓", f"{stats['mcnemar_p']:.3g}"]
     else:
         cells += ["(baseline)", "", ""]
+    if clustered:
+        c = stats["clustered"]
+        cells += [str(c["clusters"]), f"[{_pct(c['ci95'][0])}, {_pct(c['ci95'][1])}]"]
+        cells += [_lift(stats["lift"], c["lift_ci95"]), f"{c['p_value']:.3g}"] if "lift" in stats else ["", ""]
     g = stats.get("guidance")
     cells += [f"{stats['mean_length']:.0f}", f"{stats['chunk_latency_ms']:.1f}",
               f"{g['ratio_median']:.3g}" if g else "", f"{g['gate_mean']:.2f}" if g else ""]
@@ -31,9 +43,23 @@ def _row(stats: dict) -> list[str]:
 
 
 HEADER = ["n", "success% [CI]", "lift [CI]", "flips", "p", "len", "ms", "Δv/v", "gate"]
+CLUSTERED_HEADER = ["states", "success CI (clustered)", "lift [CI] (clustered)", "p (clustered)"]
 LEGEND = ("success% with 95% Wilson CI; lift in points vs unguided with paired-bootstrap 95% CI; flips = fail→success ↑ "
           "and success→fail ↓; p = exact McNemar; len = mean episode length; ms = per-chunk sampling latency; "
           "Δv/v = median ‖applied guidance‖/‖velocity‖; gate = mean uncertainty gate")
+CLUSTERED_LEGEND = ("episodes repeat initial states (states = distinct initial states < n), so read the clustered "
+                    "columns: 95% CIs from a bootstrap over initial states, p from a sign-flip test on per-state paired "
+                    "differences; the Wilson/bootstrap/McNemar columns count repeats as independent and overstate "
+                    "significance")
+
+
+def _header(clustered: bool) -> list[str]:
+    return HEADER[:5] + CLUSTERED_HEADER + HEADER[5:] if clustered else HEADER
+
+
+def legend(metrics: dict) -> str:
+    blocks = [metrics["pooled"], *metrics["per_task"].values()]
+    return LEGEND + ("; " + CLUSTERED_LEGEND if any(_is_clustered(b) for b in blocks) else "")
 
 
 def rich_tables(metrics: dict, title: str) -> list[Table]:
@@ -41,18 +67,21 @@ def rich_tables(metrics: dict, title: str) -> list[Table]:
     for scope, block in [("pooled", metrics["pooled"])] + [(t, b) for t, b in metrics["per_task"].items()]:
         table = Table(title=f"{title} — {scope}")
         table.add_column("arm")
-        for h in HEADER:
+        clustered = _is_clustered(block)
+        for h in _header(clustered):
             table.add_column(h, justify="right")
         for arm, stats in block.items():
-            table.add_row(arm, *_row(stats))
+            table.add_row(arm, *_row(stats, clustered))
         tables.append(table)
     return tables
 
 
 def markdown_table(block: dict) -> str:
-    lines = ["| arm | " + " | ".join(HEADER) + " |", "|---" * (len(HEADER) + 1) + "|"]
+    clustered = _is_clustered(block)
+    header = _header(clustered)
+    lines = ["| arm | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
     for arm, stats in block.items():
-        lines.append(f"| {arm} | " + " | ".join(_row(stats)) + " |")
+        lines.append(f"| {arm} | " + " | ".join(_row(stats, clustered)) + " |")
     return "\n".join(lines)
 
 
@@ -145,11 +174,15 @@ def write_eval_report(out: Path, metrics: dict, meta: dict) -> Path:
     if metrics["unpaired_episodes"]:
         lines += [f"**Warning: {len(metrics['unpaired_episodes'])} episodes started from different states across "
                   "arms.**", ""]
+    if _is_clustered(metrics["pooled"]):
+        base = next(iter(metrics["pooled"].values()))
+        lines += [f"**Episodes repeat initial states ({base['clustered']['clusters']} distinct for {base['n']} "
+                  f"episodes): the clustered columns lead** ({base['clustered']['method']}).", ""]
     lines += ["## Pooled", "", markdown_table(metrics["pooled"]), ""]
     for t, block in metrics["per_task"].items():
         lines += [f"## {t}", "", markdown_table(block), ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    lines += [LEGEND + ".", ""]
+    lines += [legend(metrics) + ".", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
@@ -159,4 +192,4 @@ def print_eval(metrics: dict, title: str, console: Console | None = None) -> Non
     console = console or Console()
     for t in rich_tables(metrics, title):
         console.print(t)
-    console.print(f"[dim]{LEGEND}[/dim]")
+    console.print(f"[dim]{legend(metrics)}[/dim]")

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from gaflow.evaluation.stats import mcnemar_exact, paired_bootstrap_ci, wilson_interval
+from gaflow.evaluation.stats import (
+    CLUSTERED_METHOD,
+    UNCLUSTERED_METHOD,
+    cluster_bootstrap_ci,
+    cluster_sign_flip_test,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    wilson_interval,
+)
 from gaflow.io import atomic_write_json, job_folder
 from gaflow.runtime import RuntimeSpec, run_episode
 from gaflow.runtime.build import release, runtime_and_env
@@ -181,6 +189,27 @@ def _arm_stats(records: list[dict], arm: str, baseline: str) -> dict:
         out.update({"lift": out["rate"] - base.mean(), "lift_ci95": list(paired_bootstrap_ci(base, succ)),
                     "fail_to_success": m.fail_to_success, "success_to_fail": m.success_to_fail,
                     "mcnemar_p": m.p_value})
+    # Repeated initial states (LIBERO: 15 init states × 7 noise repeats) make episodes dependent; the clustered
+    # numbers are the ones to read then. With every initial state seen once they are the unclustered ones.
+    # A cluster: one task, one initial state (the baseline's; unpaired episodes are flagged by summarize).
+    clusters = [f"{r['task']}/{r['arms'][baseline]['init_state_sha']}" for r in records]
+    n_clusters = len(set(clusters))
+    if n_clusters == n:
+        clustered = {"clusters": n_clusters, "ci95": out["ci95"], "method": UNCLUSTERED_METHOD}
+        if arm != baseline:
+            clustered.update({"lift_ci95": out["lift_ci95"], "p_value": out["mcnemar_p"]})
+        out["leads_with"] = "unclustered"
+    else:
+        clustered = {"clusters": n_clusters, "ci95": list(cluster_bootstrap_ci(succ, clusters))}
+        if arm != baseline:
+            test = cluster_sign_flip_test(base, succ, clusters)
+            clustered.update({"lift_ci95": list(cluster_bootstrap_ci(succ.astype(float) - base, clusters)),
+                              "p_value": test.p_value})
+            clustered["method"] = f"{CLUSTERED_METHOD} ({test.method})"
+        else:
+            clustered["method"] = CLUSTERED_METHOD
+        out["leads_with"] = "clustered"
+    out["clustered"] = clustered
     g = [r["arms"][arm]["guidance"] for r in records if r["arms"][arm].get("guidance")]
     if g:
         out["guidance"] = {k: _finite_mean([x[k] for x in g]) for k in ("ratio_mean", "ratio_median", "gate_mean")}
@@ -194,7 +223,8 @@ def _arm_stats(records: list[dict], arm: str, baseline: str) -> dict:
 
 
 def summarize(records: list[dict], arms: list[str], baseline: str = "unguided") -> dict:
-    """Per task and pooled: rates with Wilson CIs; paired lift, flips and exact McNemar vs the baseline."""
+    """Per task and pooled: rates with Wilson CIs; paired lift, flips and exact McNemar vs the baseline; and the
+    same clustered by initial state (``"clustered"``; ``"leads_with"`` says which of the two to read)."""
     tasks = sorted({r["task"] for r in records}, key=lambda t: [r["task"] for r in records].index(t))
     per_task = {t: {a: _arm_stats([r for r in records if r["task"] == t], a, baseline) for a in arms} for t in tasks}
     pooled = {a: _arm_stats(records, a, baseline) for a in arms}
