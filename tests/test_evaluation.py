@@ -1,6 +1,9 @@
 """Paired evaluation, validation-only sweeps and locked test configs (on the fast toy env)."""
 
+import dataclasses
 import json
+import os
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -11,7 +14,7 @@ from gaflow.critic.data import ChunkTable
 from gaflow.critic.train import CriticTrainConfig, train_critic
 from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
 from gaflow.evaluation.splits import DEFAULT_SPLITS, SplitViolation, resolve_seeds
-from gaflow.evaluation.sweep import load_locked, record_test_use, run_sweep
+from gaflow.evaluation.sweep import check_lock_binds, load_locked, lock_critic, run_sweep
 
 TASKS = ["toy-reach", "toy-reach-far"]
 
@@ -72,21 +75,110 @@ def test_sweep_never_touches_test_seeds(tmp_path, critic_dir):
     assert chosen["rate"] == best
 
 
-def test_locked_config_tampering_and_retuning_are_visible(tmp_path, critic_dir):
+def _sweep(tmp_path, critic_dir, name="sweep", seeds=None):
+    seeds = seeds or DEFAULT_SPLITS.seeds("validation", 3)
+    ev = EvalConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=seeds, split="validation",
+                    critic=str(critic_dir))
+    run_sweep(ev, [{"relative": 0.2}, {"relative": 0.6}], tmp_path / name, progress=False)
+    return tmp_path / name / "locked.json", ev
+
+
+def test_a_lock_binds_its_experiment_and_refuses_edits_copies_and_hand_written_locks(tmp_path, critic_dir):
+    import shutil
+
     from gaflow.guidance import GuidanceConfig
 
+    path, ev = _sweep(tmp_path, critic_dir)
+    locked = load_locked(path)
+    assert Path(lock_critic(locked, path)).resolve() == critic_dir.resolve()
+    test_ev = dataclasses.replace(ev, seeds=DEFAULT_SPLITS.seeds("test", 2), split="test")
+    check_lock_binds(locked, test_ev)  # the same experiment: accepted
+    for field, value, named in (("max_steps", 7, "max_steps"), ("noise_seed", 3, "noise_seed"),
+                                ("num_steps", 4, "num_steps"), ("tasks", ["toy-reach-far"], "tasks"),
+                                ("policy", "toy:std=0.9", "policy_id")):
+        with pytest.raises(ValueError, match=named):
+            check_lock_binds(locked, dataclasses.replace(test_ev, **{field: value}))
+    other_critic = tmp_path / "critic_copy"
+    shutil.copytree(critic_dir, other_critic)
+    (other_critic / "critic.safetensors").write_bytes(b"different weights")  # a different critic checkpoint
+    with pytest.raises(ValueError, match="critic_id"):
+        check_lock_binds(locked, dataclasses.replace(test_ev, critic=str(other_critic)))
+    # edited after locking: guidance (hash) or anything else (digest)
+    data = json.loads(path.read_text())
+    for edited, msg in (({**data, "tasks": ["x"]}, "digest"),
+                        ({**data, "binding": {**data["binding"], "max_steps": 99}}, "digest"),
+                        ({**data, "guidance": {**data["guidance"], "relative": 0.9}}, "hash")):
+        bad = tmp_path / "edited" / "locked.json"
+        bad.parent.mkdir(exist_ok=True)
+        shutil.copytree(path.parent / "episodes", bad.parent / "episodes", dirs_exist_ok=True)
+        bad.write_text(json.dumps(edited))
+        with pytest.raises(ValueError, match=msg):
+            load_locked(bad)
+    # copied away from the sweep that wrote it, or written by hand
+    lone = tmp_path / "lone" / "locked.json"
+    lone.parent.mkdir()
+    shutil.copy(path, lone)
+    with pytest.raises(ValueError, match="validation record"):
+        load_locked(lone)
     cfg = GuidanceConfig(relative=0.2)
-    lock = {"guidance": cfg.to_dict(), "hash": cfg.config_hash(), "locked_at": "t0", "rule": "r", "split": "validation"}
-    path = tmp_path / "locked.json"
-    path.write_text(json.dumps(lock))
-    assert record_test_use(path, load_locked(path), tmp_path / "run1")["relocked_after_test"] is False
-    tampered = {**lock, "guidance": {**lock["guidance"], "relative": 0.4}}
-    path.write_text(json.dumps(tampered))
-    with pytest.raises(ValueError, match="edited after it was locked"):
-        load_locked(path)
-    cfg2 = GuidanceConfig(relative=0.4)
-    path.write_text(json.dumps({**lock, "guidance": cfg2.to_dict(), "hash": cfg2.config_hash(), "locked_at": "t1"}))
-    assert record_test_use(path, load_locked(path), tmp_path / "run2")["relocked_after_test"] is True
+    lone.write_text(json.dumps({"guidance": cfg.to_dict(), "hash": cfg.config_hash(), "locked_at": "t0",
+                                "rule": "r", "split": "validation"}))
+    with pytest.raises(ValueError, match="not a lock written by"):
+        load_locked(lone)
+    # the sweep folder and the critic moved together: the lock still resolves its critic
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "sweep", moved / "runs" / "sweep")
+    shutil.copytree(critic_dir, moved / "runs" / "critic")
+    relocated = json.loads(path.read_text())
+    assert relocated["critic"] == os.path.relpath(critic_dir, tmp_path / "sweep")
+
+
+def test_sweep_refuses_seeds_outside_validation_whatever_the_label(tmp_path, critic_dir):
+    for seeds in (DEFAULT_SPLITS.seeds("critic", 3), DEFAULT_SPLITS.seeds("demos", 3), [40000, 40001]):
+        ev = EvalConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=seeds, split="validation",
+                        critic=str(critic_dir))
+        with pytest.raises(SplitViolation, match="validation seeds only"):
+            run_sweep(ev, [{"relative": 0.2}], tmp_path / f"s{seeds[0]}", progress=False)
+        assert not (tmp_path / f"s{seeds[0]}" / "episodes").exists()
+
+
+def test_a_second_read_of_test_episodes_is_refused_unless_forced_and_the_report_says_which_read(tmp_path):
+    from gaflow.evaluation.ledger import Ledger, TestReread, read_header
+
+    test = DEFAULT_SPLITS.seeds("test", 3)
+    ev = EvalConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=test, split="test")
+    first = run_eval(ev, tmp_path / "a", workers=1, progress=False)
+    assert read_header(tmp_path / "a")["read_index"] == 1
+    run_eval(ev, tmp_path / "a", workers=1, progress=False)  # resuming the same run is the same read
+    assert len(Ledger().reads()) == 1
+    with pytest.raises(TestReread, match="already read"):
+        run_eval(ev, tmp_path / "b", workers=1, progress=False)
+    # a range labelled 'validation' that straddles into test is caught by value
+    sneaky = dataclasses.replace(ev, seeds=[DEFAULT_SPLITS.ranges["validation"][1] - 1, test[0]], split="validation")
+    with pytest.raises(TestReread):
+        run_eval(sneaky, tmp_path / "c", workers=1, progress=False)
+    forced = run_eval(ev, tmp_path / "b", workers=1, progress=False, force_reread=True)
+    header = read_header(tmp_path / "b")
+    assert header["read_index"] == 2 and header["forced"]
+    wins = sum(r["arms"]["unguided"]["success"] for r in first)
+    assert header["earlier"][0]["results"] == {"toy-reach": {"unguided": f"{wins}/3"}}
+    timing = ("chunk_latency_ms", "wall_s")
+    same = lambda recs: [{k: v for k, v in r["arms"]["unguided"].items() if k not in timing} for r in recs]  # noqa: E731
+    assert same(forced) == same(first)
+    # fresh test seeds are a first read; validation seeds are no read at all
+    fresh = dataclasses.replace(ev, seeds=DEFAULT_SPLITS.seeds("test", 5)[3:])
+    run_eval(fresh, tmp_path / "d", workers=1, progress=False)
+    assert read_header(tmp_path / "d")["read_index"] == 1
+    run_eval(dataclasses.replace(ev, seeds=DEFAULT_SPLITS.seeds("validation", 2), split="validation"),
+             tmp_path / "e", workers=1, progress=False)
+    assert read_header(tmp_path / "e") is None and len(Ledger().reads()) == 3  # a, b (forced), d
+
+
+def test_collect_refuses_test_seeds(tmp_path):
+    cfg = CollectConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=DEFAULT_SPLITS.seeds("test", 2))
+    with pytest.raises(SplitViolation, match="test"):
+        collect(cfg, tmp_path / "c", workers=1, progress=False, write_dataset=False)
+    assert not (tmp_path / "c").exists()
 
 
 def test_eval_cli_refuses_unlocked_guidance_on_test(tmp_path, critic_dir):

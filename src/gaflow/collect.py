@@ -32,6 +32,8 @@ import torch
 from safetensors import safe_open
 
 from gaflow.critic.data import ChunkTable
+from gaflow.evaluation.ledger import seed_ranges, test_seeds_of
+from gaflow.evaluation.splits import SplitViolation
 from gaflow.io import atomic_save_safetensors, atomic_write_text, job_folder
 from gaflow.runtime import RuntimeSpec, run_episode
 from gaflow.runtime.build import release, runtime_and_env
@@ -132,6 +134,11 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
     if not cfg.tasks or not cfg.seeds:
         raise ValueError("collect needs at least one task and one seed")
     runtime_spec(cfg)  # fail before any work on a config that cannot run
+    test = test_seeds_of(cfg.env, cfg.seeds)
+    if test:
+        raise SplitViolation(f"collect records critic data, which never comes from test episodes: {len(test)} of the "
+                             f"seeds are in {cfg.env}'s test split ({seed_ranges(test)}); use the critic split "
+                             "(--seeds critic:N)")
     out = job_folder(out, cfg.key(), "collect.json")
     for stale in out.glob("episodes/*/.*.tmp"):  # left by a killed driver mid-write; never renamed into place
         stale.unlink()

@@ -70,7 +70,9 @@ class PipelineConfig:
 DEMO_NOISE_SEED = 1000  # LIBERO demonstrations: expert-noise seeds apart from the rollouts' (seed // 50 < 1000)
 
 
-def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None) -> dict:
+def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None, force_reread: bool = False) -> dict:
+    """Run (or resume) the whole pipeline in ``run``. ``force_reread``: let the test stages read test episodes an
+    earlier run already read (the reports say so); otherwise that is refused (:mod:`gaflow.evaluation.ledger`)."""
     console = console or Console()
     run = job_folder(run, cfg.to_dict(), "pipeline.json")
     t_start = time.perf_counter()
@@ -173,8 +175,8 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
 
     # 6. locked test evaluation
     t0 = stage("6/7 test evaluation", f"arms {cfg.arms}, {cfg.test_episodes} locked test seeds/task")
-    metrics, report = locked_test(cfg, policy, critic_dir, list(cfg.tasks), list(cfg.arms), locked,
-                                  sweep_dir / "locked.json", run / "test", {"critic_auc": rep["auc"]})
+    metrics, report = locked_test(cfg, policy, critic_dir, list(cfg.tasks), list(cfg.arms), locked, run / "test",
+                                  {"critic_auc": rep["auc"]}, force_reread=force_reread)
     timings["test"] = time.perf_counter() - t0
     result = {"metrics": metrics, "report": str(report), "timings_s": timings, "locked": locked}
 
@@ -188,9 +190,21 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
         unseen_auc = {t: h_rep["auc_per_task"].get(t, float("nan")) for t in cfg.heldout_tasks}
         console.print("held-out critic AUC on the tasks it never saw: "
                       + ", ".join(f"{t} {a:.3f}" for t, a in unseen_auc.items()))
+        # The lock binds the critic and tasks it was tuned with, so the held-out critic gets its own lock: a
+        # one-config sweep on the held-out tasks' validation seeds at the main lock's strength (nothing is chosen on
+        # them). Its test read uses the next block of test seeds, which the main test stage never read — where
+        # the env has fixed initial states (LIBERO) there is no fresh block: that read is forced and says so.
+        h_sweep = run / "sweep_heldout"
+        if not (h_sweep / "locked.json").exists():
+            ev = EvalConfig(policy=policy, env=cfg.env, tasks=list(cfg.heldout_tasks), seeds=val_seeds,
+                            split="validation", critic=str(h_dir), max_steps=cfg.max_steps)
+            run_sweep(ev, [locked["guidance"]], h_sweep, workers=cfg.workers)
+        h_locked = load_locked(h_sweep / "locked.json")
         h_metrics, h_report = locked_test(cfg, policy, h_dir, list(cfg.heldout_tasks), ["unguided", "guided"],
-                                          locked, sweep_dir / "locked.json", run / "test_heldout",
-                                          {"critic_auc": unseen_auc, "critic_trained_without": cfg.heldout_tasks})
+                                          h_locked, run / "test_heldout",
+                                          {"critic_auc": unseen_auc, "critic_trained_without": cfg.heldout_tasks},
+                                          seed_offset=cfg.test_episodes,
+                                          force_reread=force_reread or splits.period is not None)
         timings["heldout"] = time.perf_counter() - t0
         result["heldout"] = {"metrics": h_metrics, "report": str(h_report), "critic_auc_unseen": unseen_auc}
 
@@ -225,19 +239,22 @@ def critic_stage(cfg: PipelineConfig, run: Path, out: Path, policy: str, guidanc
 
 
 def locked_test(cfg: PipelineConfig, policy: str, critic_dir: Path, tasks: list[str], arms: list[str], locked: dict,
-                lock_path: Path, out: Path, extra_meta: dict) -> tuple[dict, Path]:
-    """Evaluate the locked guidance config on the test seeds (recording the test use on the lock) and report."""
+                out: Path, extra_meta: dict, seed_offset: int = 0, force_reread: bool = False) -> tuple[dict, Path]:
+    """Evaluate the locked guidance config on test seeds ``[seed_offset, seed_offset + test_episodes)`` of the test
+    split (one read, recorded in the test ledger) and report."""
+    from gaflow.evaluation.ledger import read_header
     from gaflow.evaluation.report import write_eval_report
     from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
-    from gaflow.evaluation.sweep import record_test_use
+    from gaflow.evaluation.sweep import check_lock_binds, lock_summary
 
-    test_seeds = split_for_env(cfg.env).seeds("test", cfg.test_episodes)
+    test_seeds = split_for_env(cfg.env).seeds("test", seed_offset + cfg.test_episodes)[seed_offset:]
     ev = EvalConfig(policy=policy, env=cfg.env, tasks=tasks, seeds=test_seeds, split="test",
                     arms=standard_arms(locked["guidance"], arms), critic=str(critic_dir), max_steps=cfg.max_steps)
-    records = run_eval(ev, out, workers=cfg.workers)
+    check_lock_binds(locked, ev)
+    records = run_eval(ev, out, workers=cfg.workers, force_reread=force_reread, lock_hash=locked["hash"],
+                       command="demo (locked test)")
     metrics = summarize(records, arms)
-    lock_meta = record_test_use(lock_path, locked, out)
     meta = {"split": "test", "n_seeds": len(test_seeds), "seed_range": f"{test_seeds[0]}–{test_seeds[-1]}",
-            "policy": policy, "critic": str(critic_dir), "env": cfg.env, "locked": lock_meta, **extra_meta,
-            "pipeline": cfg.to_dict(), "config": ev.to_dict()}
+            "policy": policy, "critic": str(critic_dir), "env": cfg.env, "locked": lock_summary(locked),
+            "test_read": read_header(out), **extra_meta, "pipeline": cfg.to_dict(), "config": ev.to_dict()}
     return metrics, write_eval_report(out, metrics, meta)

@@ -24,6 +24,8 @@ def demo(
     critic_features: str = typer.Option(None, help="policy features the critic reads (comma-separated, e.g. "
                                         "observation,task,state,env_state)"),
     workers: int = typer.Option(None, help="worker processes"),
+    force_reread: bool = typer.Option(False, help="read test episodes an earlier run already read (the report says "
+                                                  "so); otherwise refused"),
 ) -> None:
     """Demonstrations → base policy → rollouts → critic → validation sweep → locked test evaluation → report."""
     from gaflow.experiments import preset as make_preset
@@ -40,4 +42,4 @@ def demo(
                       test_episodes=test_episodes, validation_episodes=validation_episodes,
                       critic_episodes=critic_episodes, workers=workers, grid=rhos,
                       critic_features=given(critic_features))
-    run_pipeline(cfg, out or Path("runs") / f"demo-{preset}")
+    run_pipeline(cfg, out or Path("runs") / f"demo-{preset}", force_reread=force_reread)

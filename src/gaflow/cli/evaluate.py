@@ -74,38 +74,42 @@ def eval_cmd(
     max_steps: int = typer.Option(None),
     noise_seed: int = typer.Option(0),
     workers: int = typer.Option(2),
+    force_reread: bool = typer.Option(False, help="read test episodes that an earlier run already read (the report "
+                                                  "says so); otherwise refused"),
 ) -> None:
-    """Compare arms on the same (task, seed) episodes; per-task and pooled rates, CIs, McNemar, flips, latency."""
+    """Compare arms on the same (task, seed) episodes; per-task and pooled rates, CIs, McNemar, flips, latency.
+
+    Test seeds run only a config locked by `gaflow sweep`, with the exact policy, critic, env, tasks and sampler
+    settings it was tuned with, and each test episode is read once (the test ledger)."""
+    from gaflow.evaluation.ledger import read_header, test_seeds_of
     from gaflow.evaluation.report import print_eval, write_eval_report
     from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
     from gaflow.evaluation.splits import resolve_seeds, split_for_env
-    from gaflow.evaluation.sweep import load_locked, record_test_use
+    from gaflow.evaluation.sweep import check_lock_binds, load_locked, lock_critic, lock_summary
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env))
+    touches_test = bool(test_seeds_of(env, seed_list))  # by value: a 'mixed' range counts too
     arm_names = comma_list(arms)
-    guided_cfg, lock_meta, lk = None, None, None
+    guided_cfg, lk = None, None
     if locked is not None:
         lk = load_locked(locked)
         guided_cfg = lk["guidance"]
-        critic = critic or Path(lk["critic"])
+        critic = critic or Path(lock_critic(lk, locked))
     elif guidance is not None:
-        if split in ("test", "mixed"):
-            raise typer.BadParameter("the test split runs only a config locked by `gaflow sweep` (--locked)")
         guided_cfg = json.loads(guidance.read_text())
     needs_guidance = any(a != "unguided" for a in arm_names)
-    if split in ("test", "mixed") and needs_guidance and lk is None:
-        raise typer.BadParameter("the test split runs only a config locked by `gaflow sweep` (--locked)")
+    if touches_test and needs_guidance and lk is None:
+        raise typer.BadParameter("test seeds run only a config locked by `gaflow sweep` (--locked)")
     ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split,
                     arms=standard_arms(guided_cfg, arm_names), critic=str(critic) if critic else None,
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps, noise_seed=noise_seed)
-    records = run_eval(ev, out, workers=workers)
+    if lk is not None:
+        check_lock_binds(lk, ev)
+    records = run_eval(ev, out, workers=workers, force_reread=force_reread, lock_hash=lk["hash"] if lk else None)
     metrics = summarize(records, arm_names)
-    if lk is not None and split == "test":
-        lock_meta = record_test_use(locked, lk, out)
-    elif lk is not None:
-        lock_meta = {k: lk[k] for k in ("hash", "locked_at", "rule", "split")}
     meta = {"split": split, "n_seeds": len(seed_list), "seed_range": f"{seed_list[0]}–{seed_list[-1]}",
-            "policy": policy, "critic": str(critic) if critic else None, "env": env, "locked": lock_meta,
+            "policy": policy, "critic": str(critic) if critic else None, "env": env,
+            "locked": lock_summary(lk) if lk else None, "test_read": read_header(out),
             "guided_unlocked": guided_cfg is not None and lk is None, "config": ev.to_dict()}
     report = write_eval_report(out, metrics, meta)
     print_eval(metrics, f"eval [{split}]")

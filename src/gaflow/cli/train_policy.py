@@ -91,6 +91,7 @@ def eval_policy_cmd(
     max_steps: int = typer.Option(None, help="step cap (default: the env's per-task default)"),
     workers: int = typer.Option(1, help="episode worker processes"),
     out: Path = typer.Option(None, help="write per-episode summaries to this JSON file"),
+    force_reread: bool = typer.Option(False, help="read test seeds an earlier run already read; otherwise refused"),
 ) -> None:
     """Unguided success of a saved compact policy, per task, with Wilson 95 % intervals."""
     from gaflow.evaluation.policy import evaluate_policy
@@ -102,7 +103,7 @@ def eval_policy_cmd(
     seed_list = parse_seeds(seeds)
     results = evaluate_policy(str(policy), task_list, seed_list, n_action_steps=n_action_steps,
                               num_steps=num_steps, noise_seed=noise_seed, camera=camera, max_steps=max_steps,
-                              workers=workers)
+                              workers=workers, force_reread=force_reread)
     table = Table(title=f"{policy}: unguided success, seeds {seeds}")
     for col in ("task", "success", "n", "rate", "Wilson 95% CI", "mean length", "ms/chunk"):
         table.add_column(col)

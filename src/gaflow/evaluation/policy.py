@@ -7,6 +7,7 @@ import math
 import time
 from typing import Any
 
+from gaflow.evaluation.ledger import finish_read, record_read, test_seeds_of
 from gaflow.runtime import GuidedRuntime, RuntimeSpec, run_episode
 from gaflow.runtime.build import release, runtime_and_env
 from gaflow.runtime.executor import chunked, make_executor, run_jobs, torch_threads
@@ -33,11 +34,15 @@ def episode_summaries(spec_dict: dict, env: str, task: str, seeds: list[int], ma
 
 def evaluate_policy(policy_dir: str, tasks: list[str], seeds: list[int], *, n_action_steps: int | None = None,
                     num_steps: int | None = None, noise_seed: int = 0, camera: str | None = None,
-                    max_steps: int | None = None, workers: int = 1, progress: bool = True
-                    ) -> dict[str, list[dict[str, Any]]]:
-    """Unguided success of a saved compact policy on MetaWorld ``tasks`` × ``seeds`` → per-task episode summaries."""
+                    max_steps: int | None = None, workers: int = 1, progress: bool = True,
+                    force_reread: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Unguided success of a saved compact policy on MetaWorld ``tasks`` × ``seeds`` → per-task episode summaries.
+
+    Test seeds are recorded in the test ledger (a second read is refused unless ``force_reread``)."""
     spec = RuntimeSpec(policy=f"compact:{policy_dir}", num_steps=num_steps, noise_seed=noise_seed,
                        n_action_steps=n_action_steps)
+    header = record_read(None, command="eval-policy", policy=spec.policy, env="metaworld",
+                         seeds_by_task={t: list(seeds) for t in tasks}, force=force_reread)
     per_job = max(1, math.ceil(len(seeds) / max(1, workers * 2))) if workers > 1 else len(seeds)
     jobs = [(spec.to_dict(), _env_spec(camera), task, part, max_steps) for task in tasks
             for part in chunked(seeds, per_job)]
@@ -55,6 +60,8 @@ def evaluate_policy(policy_dir: str, tasks: list[str], seeds: list[int], *, n_ac
         release()
     for t in tasks:
         results[t].sort(key=lambda s: s["seed"])
+    test = set(test_seeds_of("metaworld", list(seeds)))
+    finish_read(header, {t: [s for s in eps if s["seed"] in test] for t, eps in results.items()})
     return results
 
 

@@ -154,6 +154,23 @@ def plot_sweep(out: Path, rows: list[dict], strength_key: str) -> str:
     return "sweep_success_vs_strength.png"
 
 
+def test_read_lines(header: dict | None) -> list[str]:
+    """What a report says about the test ledger: which read of these test episodes this is, and earlier results."""
+    if not header:
+        return []
+    k = header["read_index"]
+    if k == 1:
+        return [f"Test episodes: **read 1** — no earlier run read them (test ledger `{header['ledger']}`, "
+                f"read `{header['read_id']}`).", ""]
+    lines = [f"**Test episodes: read {k} of these test episodes** (forced re-read; an earlier run read them, so "
+             "this is not a clean test result). Earlier reads:", ""]
+    for e in header["earlier"]:
+        shared = "; ".join(f"{t} {s}" for t, s in (e.get("shared") or {}).items())
+        lines.append(f"- {str(e['started_at'])[:19]} `{e['command']}` → `{e['run']}`: {shared}; results "
+                     f"{e.get('results') or 'unfinished'}")
+    return lines + [""]
+
+
 def write_eval_report(out: Path, metrics: dict, meta: dict) -> Path:
     """metrics.json, report.md and plots in ``out``; returns the report path."""
     plots = plot_eval(out, metrics)
@@ -165,12 +182,10 @@ def write_eval_report(out: Path, metrics: dict, meta: dict) -> Path:
     if meta.get("locked"):
         lk = meta["locked"]
         lines += [f"Guided config hash `{lk['hash']}`, locked at {lk['locked_at']} by `{lk['rule']}` on split "
-                  f"`{lk['split']}`.", ""]
-        if lk.get("relocked_after_test"):
-            lines += ["**Warning: configs from this sweep were evaluated on test more than once with different "
-                      f"hashes ({', '.join(lk['test_history_hashes'])}) — results may reflect re-tuning on test.**", ""]
+                  f"`{lk['split']}` (lock digest `{str(lk.get('digest', ''))[:16]}`).", ""]
     elif meta.get("guided_unlocked"):
         lines += ["**The guided config was not locked by a validation sweep.**", ""]
+    lines += test_read_lines(meta.get("test_read"))
     if metrics["unpaired_episodes"]:
         lines += [f"**Warning: {len(metrics['unpaired_episodes'])} episodes started from different states across "
                   "arms.**", ""]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gaflow.evaluation.ledger import finish_read, record_read, test_seeds_of
 from gaflow.evaluation.stats import (
     CLUSTERED_METHOD,
     UNCLUSTERED_METHOD,
@@ -150,12 +151,21 @@ def _mean_diag(diags: list[dict]) -> dict:
 
 
 def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True,
-             executor: Executor | None = None) -> list[dict]:
-    """Run (or resume) a paired evaluation; returns per-episode records in (task, seed) order."""
+             executor: Executor | None = None, *, force_reread: bool = False, lock_hash: str | None = None,
+             command: str = "eval") -> list[dict]:
+    """Run (or resume) a paired evaluation; returns per-episode records in (task, seed) order.
+
+    Test seeds among ``cfg.seeds`` (checked by value against the env's split) are recorded in the test ledger
+    before anything runs; a second read of test episodes another run already read is refused unless
+    ``force_reread`` (:mod:`gaflow.evaluation.ledger`). The read's header is left in ``<out>/test_read_header.json``.
+    """
     if not cfg.tasks or not cfg.seeds:
         raise ValueError("eval needs at least one task and one seed")
     runtime_spec(cfg)  # fail before any work on a config that cannot run
     out = job_folder(out, cfg.to_dict(), "eval_config.json")
+    header = record_read(out, command=command, policy=cfg.policy, env=cfg.env,
+                         seeds_by_task={t: list(cfg.seeds) for t in cfg.tasks}, lock_hash=lock_hash,
+                         critic=cfg.critic, force=force_reread)
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not result_path(out, t, s).exists()]
     total = len(cfg.tasks) * len(cfg.seeds)
     wins = {a.name: 0 for a in cfg.arms}
@@ -173,7 +183,11 @@ def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress
                  total=total, completed=total - len(todo), progress=progress, on_result=write)
     finally:
         release()
-    return [json.loads(result_path(out, t, s).read_text()) for t in cfg.tasks for s in cfg.seeds]
+    records = [json.loads(result_path(out, t, s).read_text()) for t in cfg.tasks for s in cfg.seeds]
+    if header is not None and todo:  # results of the test episodes, for later reads to quote
+        test = set(test_seeds_of(cfg.env, cfg.seeds))
+        finish_read(header, {t: [r for r in records if r["task"] == t and r["seed"] in test] for t in cfg.tasks})
+    return records
 
 
 def _arm_stats(records: list[dict], arm: str, baseline: str) -> dict:
