@@ -1,4 +1,8 @@
-"""Guidance: sign, strength, estimators against ground truth, controls, uncertainty, diagnostics."""
+"""Guidance: sign, strength, estimators against ground truth, objective terms, controls, uncertainty, diagnostics,
+config validation."""
+
+import json
+import math
 
 import pytest
 import torch
@@ -14,9 +18,12 @@ from gaflow.guidance import (
     Gate,
     Guidance,
     GuidanceConfig,
+    GuidanceDiagnostics,
     Strength,
     estimate,
+    register_term,
 )
+from gaflow.guidance.controls import episode_control_seed
 from gaflow.sampler import SamplerConfig, sample_chunks
 
 CONVENTIONS = ["lerobot", "forward"]
@@ -273,9 +280,9 @@ def test_ensemble_aggregates_and_gate():
     q = torch.tensor([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])  # (K=3, B=2)
     critic = lambda f, a: q  # noqa: E731
     a = torch.zeros(2, 1, 1)
-    assert CriticObjective(critic, {}, "mean").value(a).aggregate.tolist() == [3.0, 2.0]
-    assert CriticObjective(critic, {}, "min").value(a).aggregate.tolist() == [1.0, 2.0]
-    lcb = CriticObjective(critic, {}, "lcb", kappa=2.0).value(a).aggregate
+    assert CriticObjective(critic, {}, "mean").score(a).tolist() == [3.0, 2.0]
+    assert CriticObjective(critic, {}, "min").score(a).tolist() == [1.0, 2.0]
+    lcb = CriticObjective(critic, {}, "lcb", kappa=2.0).score(a)
     torch.testing.assert_close(lcb, torch.tensor([3.0 - 2 * (8 / 3) ** 0.5, 2.0]))
     gate, fell = Gate(k=20, g_min=0.1)(torch.tensor([0.0, 0.01, 1.0]))
     torch.testing.assert_close(gate, torch.tensor([1.0, float(torch.exp(torch.tensor(-0.2))), 0.1]))
@@ -365,3 +372,259 @@ def test_prepared_critic_path_equals_the_plain_forward():
     a2 = a.clone().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(critic(f, a2).mean(0).sum(), a2)
     torch.testing.assert_close(g, g_ref)
+
+
+# --- objective terms (issue #12) ------------------------------------------------------------------------------
+class LinearTerm:
+    """J(A) = ⟨c, A⟩ over the real dims: its gradient is c everywhere."""
+
+    def __init__(self, c: torch.Tensor):
+        self.c = c
+
+    def value(self, chunk):
+        return (chunk * self.c).sum((1, 2))
+
+
+C_A = torch.randn(4, 2, generator=torch.Generator().manual_seed(11))
+C_B = torch.randn(4, 2, generator=torch.Generator().manual_seed(12))
+register_term("linear_a", lambda inputs, gain=1.0: LinearTerm(gain * C_A), replace=True)
+register_term("linear_b", lambda inputs: LinearTerm(C_B), replace=True)
+
+
+def _objective(*entries, critic=None):
+    return Guidance(critic, GuidanceConfig(objectives=list(entries))).objective({})
+
+
+def test_weighted_terms_climb_the_weighted_sum_of_each_terms_gradient():
+    both = _objective({"name": "linear_a", "weight": 0.3}, {"name": "linear_b", "weight": 2.0})
+    only_a, only_b = _objective({"name": "linear_a"}), _objective({"name": "linear_b"})
+    chunk = torch.randn(5, 4, 2)
+    val, g = both.value_and_grad(chunk)
+    (_, ga), (_, gb) = only_a.value_and_grad(chunk), only_b.value_and_grad(chunk)
+    torch.testing.assert_close(g, 0.3 * ga + 2.0 * gb)
+    torch.testing.assert_close(g, (0.3 * C_A + 2.0 * C_B).expand(5, 4, 2))
+    torch.testing.assert_close(val.term_grads["linear_a"], 0.3 * ga)
+    torch.testing.assert_close(val.total, 0.3 * val.terms["linear_a"] + 2.0 * val.terms["linear_b"])
+    # the same holds through the policy's Jacobian (the gradient is taken w.r.t. x_t, not the chunk)
+    policy = mlp_policy("lerobot")
+    step = _step(policy, {"obs": torch.randn(3, 5)}, torch.randn(3, 4, 3))
+    _, g, _ = estimate("clean_jacobian", step, both)
+    (_, ga, _), (_, gb, _) = estimate("clean_jacobian", step, only_a), estimate("clean_jacobian", step, only_b)
+    torch.testing.assert_close(g, 0.3 * ga + 2.0 * gb)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_zero_weight_extra_term_reproduces_the_critic_only_chunk_bit_for_bit(estimator):
+    policy = mlp_policy("lerobot")
+    ctx, noise = {"obs": torch.randn(4, 5)}, torch.randn(4, 4, 3)
+    critic = EnsembleMLPCritic({"observation": 5}, chunk_len=4, action_dim=2, hidden=(8,), num_members=3)
+    alone = GuidanceConfig(estimator=estimator, relative=0.3, gate_k=2.0)
+    extra = GuidanceConfig(estimator=estimator, relative=0.3, gate_k=2.0,
+                           objectives=[{"name": "critic", "weight": 1.0}, {"name": "linear_a", "weight": 0.0}])
+    a = sample_chunks(policy, context=ctx, noise=noise, guidance=Guidance(critic, alone))
+    b = sample_chunks(policy, context=ctx, noise=noise, guidance=Guidance(critic, extra))
+    assert torch.equal(a.chunk, b.chunk)
+    assert torch.equal(a.diagnostics.data, b.diagnostics.data)
+
+
+class DisagreeingCritic(torch.nn.Module):
+    """Three linear members with different directions: the ensemble std depends on the chunk."""
+
+    def forward(self, features, chunk):
+        return torch.stack([(chunk * c).sum((1, 2)) for c in (C_A, C_B, C_A - C_B)])
+
+
+def test_a_non_critic_term_never_moves_the_gate_the_fallback_or_best_of_n():
+    policy = mlp_policy("lerobot")
+    x = torch.randn(16, 4, 3)
+    step = _step(policy, {"obs": torch.randn(16, 5)}, x)
+    strong_extra = [{"name": "critic", "weight": 1.0}, {"name": "linear_b", "weight": 50.0}]
+    diags = []
+    for objectives in (None, strong_extra):
+        cfg = GuidanceConfig(gate_k=0.5, fallback_std=1.5, objectives=objectives)
+        guidance = Guidance(DisagreeingCritic(), cfg)
+        diag = GuidanceDiagnostics.empty(10, 16)
+        guidance.guided_velocity(step, guidance.objective({}), 1.0, diag)
+        diags.append(diag)
+    alone, extra = diags
+    for f in ("gate", "q_mean", "q_std"):
+        assert torch.equal(getattr(alone, f)[3], getattr(extra, f)[3])
+    assert 0 < alone.fallback == extra.fallback < 16
+    assert not torch.equal(alone.raw_grad_norm[3], extra.raw_grad_norm[3])  # the extra term did pull
+    # best-of-N ranks by the critic, even when the other term would rank the candidates the other way round
+    critic = LinearCritic(C_A)
+    reverse = [{"name": "critic", "weight": 1.0}, {"name": "linear_a", "weight": 5.0, "gain": -1.0}]
+    cfg = SamplerConfig(num_candidates=8, select="best")
+    outs = [sample_chunks(gaussian_policy("lerobot"), torch.zeros(5, 4, 3), config=cfg,
+                          generator=torch.Generator().manual_seed(0),
+                          guidance=Guidance(critic, GuidanceConfig(estimator="none", objectives=o)))
+            for o in (None, reverse)]
+    assert torch.equal(outs[0].selected, outs[1].selected) and torch.equal(outs[0].values, outs[1].values)
+    torch.testing.assert_close(_q(critic, outs[1].chunk), outs[1].values.max(1).values)
+
+
+def test_guidance_without_a_critic_runs_critic_free_terms_and_refuses_critic_ones():
+    policy = gaussian_policy("lerobot")
+    mu, noise = torch.randn(6, 4, 3), torch.randn(6, 4, 3)
+    free = Guidance(None, GuidanceConfig(scale=0.5, objectives=[{"name": "linear_a"}]))
+    out = sample_chunks(policy, mu, noise=noise, guidance=free)
+    # a linear term guides exactly like a one-member linear critic with the same direction
+    same = sample_chunks(policy, mu, noise=noise, guidance=Guidance(LinearCritic(C_A), GuidanceConfig(scale=0.5)))
+    assert torch.equal(out.chunk, same.chunk)
+    assert torch.isnan(out.diagnostics.q_mean).all() and torch.isnan(out.diagnostics.q_std).all()
+    with pytest.raises(ValueError, match="'critic' need a critic"):
+        Guidance(None, GuidanceConfig())
+    with pytest.raises(ValueError, match="critic term"):
+        sample_chunks(policy, mu, config=SamplerConfig(num_candidates=2, select="best"), guidance=free)
+    with pytest.raises(ValueError, match="gate_k / fallback_std"):
+        GuidanceConfig(gate_k=20.0, objectives=[{"name": "linear_a"}])
+
+
+def test_diagnostics_report_each_terms_value_and_gradient_share():
+    policy = gaussian_policy("forward")
+    mu, noise = torch.randn(3, 4, 3), torch.randn(3, 4, 3)
+    cfg = GuidanceConfig(scale=0.2, objectives=[{"name": "critic", "weight": 1.0}, {"name": "linear_a", "weight": 0.5}])
+    d = sample_chunks(policy, mu, noise=noise, guidance=Guidance(LinearCritic(C_B), cfg)).diagnostics
+    norm = lambda c: float(torch.linalg.vector_norm(c))  # noqa: E731
+    torch.testing.assert_close(d.terms["linear_a"][1], torch.full((10, 3), 0.5 * norm(C_A)))
+    torch.testing.assert_close(d.terms["critic"][1], torch.full((10, 3), norm(C_B)))
+    torch.testing.assert_close(d.raw_grad_norm, torch.full((10, 3), norm(C_B + 0.5 * C_A)))
+    torch.testing.assert_close(d.terms["critic"][0], d.q_mean)  # one member: the aggregate is the mean
+    s = d.summary()
+    assert s["term_linear_a_grad_norm_mean"] == pytest.approx(0.5 * norm(C_A), rel=1e-5)
+    assert s["term_critic_value_mean"] == pytest.approx(s["q_mean_mean"], rel=1e-5)
+    picked = d.select(torch.tensor([2]))
+    assert torch.equal(picked.terms["linear_a"], d.terms["linear_a"][:, :, [2]])
+
+
+def test_raw_ratio_is_measured_before_the_strength_rescale():
+    policy = mlp_policy("lerobot")
+    ctx, noise = {"obs": torch.randn(8, 5)}, torch.randn(8, 4, 3)
+    critic = LinearCritic(torch.randn(4, 2))
+    scaled = sample_chunks(policy, context=ctx, noise=noise,
+                           guidance=Guidance(critic, GuidanceConfig(scale=0.3))).diagnostics
+    torch.testing.assert_close(scaled.ratio, 0.3 * scaled.raw_ratio)
+    rel = sample_chunks(policy, context=ctx, noise=noise,
+                        guidance=Guidance(critic, GuidanceConfig(relative=0.25))).diagnostics
+    torch.testing.assert_close(rel.ratio, torch.full((10, 8), 0.25), atol=1e-5, rtol=1e-4)
+    # ‖g‖/‖v‖ with ‖v‖ = ‖Δv‖/ρ: the critic's own pull, which a relative strength hides in `ratio`
+    torch.testing.assert_close(rel.raw_ratio, rel.raw_grad_norm * 0.25 / rel.applied_norm)
+    assert not torch.allclose(rel.raw_ratio, rel.ratio)
+    s = rel.summary()
+    assert s["raw_ratio_median"] == float(rel.raw_ratio.flatten().median())
+    assert s["raw_ratio_mean"] == pytest.approx(float(rel.raw_ratio.mean()), rel=1e-6)
+    before = {"raw_grad_norm_mean", "applied_norm_mean", "ratio_mean", "gate_mean", "q_mean_mean", "q_std_mean",
+              "cosine_mean", "ratio_median", "ratio_by_step", "gate_by_step", "nonfinite", "fallback",
+              "posthoc_skipped"}  # the keys summary() had before raw_ratio: kept
+    assert before <= set(s)
+
+
+# --- the random control, episode by episode (issue #13) -------------------------------------------------------
+def test_start_episode_gives_each_episode_its_own_reproducible_random_draws():
+    policy = mlp_policy("lerobot")
+    ctx, noise = {"obs": torch.randn(4, 5)}, torch.randn(4, 4, 3)
+    critic = LinearCritic(torch.randn(4, 2))
+    cfg = GuidanceConfig(scale=0.5, control="random", control_seed=3)
+
+    def run(guidance, episode=None):
+        if episode is not None:
+            guidance.start_episode(episode)
+        return sample_chunks(policy, context=ctx, noise=noise, guidance=guidance).chunk
+
+    g = Guidance(critic, cfg)
+    one, two, one_again = run(g, 1), run(g, 2), run(g, 1)
+    assert torch.equal(one, one_again) and not torch.allclose(one, two)
+    assert torch.equal(run(Guidance(critic, cfg), 1), one)  # another process, same episode: same draws
+    # without a call the stream starts from control_seed, as before start_episode existed
+    assert torch.equal(run(Guidance(critic, cfg)), run(Guidance(critic, cfg)))
+    assert not torch.allclose(run(Guidance(critic, cfg)), one)
+    # a stable SHA-256 derivation (Python's hash() is salted per process)
+    assert episode_control_seed(3, 1) == 7713537296321359744
+    c = Control("random", 3)
+    c.start_episode(1)
+    assert c.generator.initial_seed() == episode_control_seed(3, 1)
+    Control("zero", 3).start_episode(1)  # a no-op for the other controls
+    with pytest.raises(ValueError, match="episode_seed"):
+        g.start_episode(1.5)
+
+
+# --- config: the objectives field and the hash of existing configs ---------------------------------------------
+PINNED_HASHES = [  # config_hash() of these configs before the objectives field existed (locks must still verify)
+    ({}, "1015f2db3ef0cdac"),
+    ({"relative": 0.1, "gate_k": 20.0, "control": "random"}, "48525ac4db7713c1"),
+    ({"scale": 0.3, "clip": 2.0, "schedule": "window", "schedule_start": 0.5}, "a68725e09ce5e2db"),
+]
+
+
+def test_config_hash_of_existing_configs_is_unchanged_by_the_objectives_field():
+    for fields, digest in PINNED_HASHES:
+        assert GuidanceConfig(**fields).config_hash() == digest
+        lock = {k: v for k, v in GuidanceConfig(**fields).to_dict().items() if k != "objectives"}
+        assert GuidanceConfig.from_dict(lock).config_hash() == digest  # a lock written without the field
+    assert GuidanceConfig(objectives=[{"name": "critic", "weight": 1.0}]).config_hash() == PINNED_HASHES[0][1]
+    extra = GuidanceConfig(objectives=[{"name": "critic"}, {"name": "linear_a", "weight": 0.0}])
+    assert extra.config_hash() != PINNED_HASHES[0][1]
+    assert GuidanceConfig.from_dict(json.loads(json.dumps(extra.to_dict()))).config_hash() == extra.config_hash()
+
+
+BAD_OBJECTIVES = [
+    ({"name": "critic"}, "objectives must be a non-empty list"),
+    ([], "objectives must be a non-empty list"),
+    (["critic"], r"objectives\[0\] must be a dict with a 'name'"),
+    ([{"weight": 1.0}], r"objectives\[0\] must be a dict with a 'name'"),
+    ([{"name": "critic"}, {"name": "smoothness"}], r"objectives\[1\] \('smoothness'\): unknown objective term"),
+    ([{"name": "critic", "weight": float("nan")}], r"objectives\[0\] \('critic'\): weight must be finite"),
+    ([{"name": "critic", "weight": -1.0}], r"objectives\[0\] \('critic'\): weight must be >= 0"),
+    ([{"name": "critic", "weight": "1"}], r"objectives\[0\] \('critic'\): weight must be a number"),
+    ([{"name": "critic", "weight": True}], r"objectives\[0\] \('critic'\): weight must be a number"),
+    ([{"name": "critic"}, {"name": "critic"}], r"objectives\[1\] \('critic'\): term listed twice"),
+    ([{"name": "critic", "aggregate": "min"}], r"objectives\[0\] \('critic'\): bad parameters \['aggregate'\]"),
+    ([{"name": "linear_a", "gain": float("inf")}], r"objectives\[0\] \('linear_a'\): parameter 'gain' must be finite"),
+]
+
+
+@pytest.mark.parametrize("objectives,message", BAD_OBJECTIVES)
+def test_bad_objectives_entries_are_refused_naming_the_entry(objectives, message):
+    with pytest.raises(ValueError, match=message):
+        GuidanceConfig.from_dict({"objectives": objectives})
+
+
+# --- config: every number is checked (issue #13) ---------------------------------------------------------------
+NAN, INF = float("nan"), float("inf")
+BAD_NUMBERS = [
+    ("relative", NAN), ("relative", INF), ("relative", 0.0), ("relative", -0.1), ("relative", True),
+    ("relative", "0.1"), ("clip", NAN), ("clip", INF), ("clip", 0.0), ("clip", -1.0), ("scale", NAN),
+    ("scale", -INF), ("scale", False), ("scale", "1"), ("gate_min", -0.1), ("gate_min", 1.5), ("gate_min", NAN),
+    ("gate_k", -1.0), ("gate_k", INF), ("kappa", -1.0), ("kappa", NAN), ("schedule_start", -0.1),
+    ("schedule_start", NAN), ("schedule_end", 1.5), ("schedule_end", "1"), ("trust_region", -1.0),
+    ("trust_region", NAN), ("fallback_std", NAN), ("fallback_std", -0.1), ("posthoc_lr", NAN), ("posthoc_lr", INF),
+    ("posthoc_lr", -0.01), ("posthoc_steps", 1.5), ("posthoc_steps", True), ("posthoc_steps", -1),
+    ("control_seed", 1.0), ("control_seed", True), ("control_seed", -1),
+]
+
+
+@pytest.mark.parametrize("field,value", BAD_NUMBERS)
+def test_every_guidance_number_is_checked_and_the_error_names_its_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        GuidanceConfig.from_dict({field: value})
+
+
+def test_json_nan_and_infinity_are_refused_and_ints_are_accepted_where_floats_belong():
+    with pytest.raises(ValueError, match="relative must be finite"):
+        GuidanceConfig.from_dict(json.loads('{"relative": NaN}'))
+    with pytest.raises(ValueError, match="clip must be finite"):
+        GuidanceConfig.from_dict(json.loads('{"clip": Infinity}'))
+    with pytest.raises(ValueError, match="schedule_start must be < schedule_end"):
+        GuidanceConfig(schedule="window", schedule_start=0.6, schedule_end=0.4)
+    with pytest.raises(ValueError, match="must be a dict"):
+        GuidanceConfig.from_dict([("relative", 0.1)])
+    ints = GuidanceConfig.from_dict({"scale": 2, "relative": 1, "clip": 3, "gate_k": 20, "gate_min": 0,
+                                     "schedule_end": 1, "kappa": 2, "trust_region": 1, "posthoc_lr": 0})
+    assert ints.to_dict()["relative"] == 1 and math.isfinite(ints.strength.relative)
+
+
+def test_objectives_are_normalised_so_equal_objectives_are_equal_configs():
+    short = GuidanceConfig(objectives=[{"name": "critic"}, {"name": "linear_a", "gain": 2}])
+    full = GuidanceConfig(objectives=[{"name": "critic", "weight": 1.0}, {"name": "linear_a", "weight": 1.0, "gain": 2}])
+    assert short == full and short.config_hash() == full.config_hash()
+    assert GuidanceConfig.from_dict(short.to_dict()) == short

@@ -5,7 +5,7 @@ import torch
 from helpers import LinearCritic, gaussian_policy, mlp_policy
 
 from gaflow.convention import clean_estimate, interpolate, target_velocity, time_grid
-from gaflow.guidance import Guidance, GuidanceConfig
+from gaflow.guidance import Guidance, GuidanceConfig, register_term
 from gaflow.policies import ConventionFlip, TimeConvention
 from gaflow.sampler import SamplerConfig, sample_chunks
 
@@ -101,3 +101,44 @@ def test_guidance_works_inside_no_grad_and_inference_mode(mode, estimator):
         ctx = policy.encode({"obs": obs.clone()})
         got = sample_chunks(policy, context=ctx, noise=noise.clone(), guidance=guidance).chunk
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("num_candidates", 0), ("num_candidates", 1.5), ("num_candidates", True), ("num_candidates", "2"),
+    ("num_steps", 0), ("num_steps", 2.0), ("num_steps", False), ("num_steps", float("nan")),
+    ("score_candidates", "yes"), ("score_candidates", 1), ("method", "rk4"), ("select", "worst"),
+])
+def test_sampler_config_values_are_checked_and_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SamplerConfig(**{field: value})
+
+
+class ReachPrevious:
+    """Objective term: the chunk's first action should repeat the action executed before (from the context)."""
+
+    seen: list = []
+
+    def __init__(self, inputs):
+        self.previous = inputs.context["previous_action"]  # (B·N, d)
+        ReachPrevious.seen.append(self.previous)
+
+    def value(self, chunk):
+        return -(chunk[:, 0] - self.previous).pow(2).sum(1)
+
+
+register_term("reach_previous", ReachPrevious, replace=True)
+
+
+def test_objective_context_reaches_the_terms_one_row_per_candidate():
+    policy = gaussian_policy("lerobot")
+    mu, noise = torch.zeros(2, 4, 3), torch.randn(2, 3, 4, 3)
+    previous = torch.tensor([[2.0, -2.0], [-3.0, 1.0]])  # (B, d): one row per observation
+    cfg = SamplerConfig(num_candidates=3)
+    guidance = Guidance(None, GuidanceConfig(scale=0.3, objectives=[{"name": "reach_previous"}]))
+    ReachPrevious.seen.clear()
+    out = sample_chunks(policy, mu, config=cfg, noise=noise, guidance=guidance,
+                        objective_context={"previous_action": previous})
+    assert torch.equal(ReachPrevious.seen[-1], previous.repeat_interleave(3, dim=0))
+    base = sample_chunks(policy, mu, config=cfg, noise=noise)
+    gap = lambda c: (c[:, :, 0, :2] - previous[:, None]).norm(dim=-1)  # noqa: E731  (B, N)
+    assert (gap(out.candidates) < gap(base.candidates)).all()

@@ -24,6 +24,7 @@ import torch
 
 from gaflow.convention import step_size, time_grid
 from gaflow.guidance.autograd import autograd_enabled, normal_tensors
+from gaflow.guidance.checks import integer
 from gaflow.guidance.config import Guidance
 from gaflow.guidance.diagnostics import GuidanceDiagnostics
 from gaflow.guidance.estimators import FlowStep, posthoc_ascent
@@ -44,10 +45,11 @@ class SamplerConfig:
             raise ValueError(f"sampler method must be 'euler' or 'midpoint', got {self.method!r}")
         if self.select not in ("first", "best"):
             raise ValueError(f"select must be 'first' or 'best', got {self.select!r}")
-        if self.num_candidates < 1:
-            raise ValueError(f"num_candidates must be >= 1, got {self.num_candidates}")
-        if self.num_steps is not None and self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        integer("num_candidates", self.num_candidates, low=1)
+        if self.num_steps is not None:
+            integer("num_steps", self.num_steps, low=1)
+        if not isinstance(self.score_candidates, bool):
+            raise ValueError(f"score_candidates must be true or false, got {self.score_candidates!r}")
 
 
 @dataclass
@@ -55,7 +57,7 @@ class SampleResult:
     chunk: torch.Tensor  # (B, H, Dp) the selected chunk per observation
     candidates: torch.Tensor  # (B, N, H, Dp)
     selected: torch.Tensor  # (B,) index of the chosen candidate
-    values: torch.Tensor | None  # (B, N) critic aggregate of each final candidate (best-of-N or score_candidates)
+    values: torch.Tensor | None  # (B, N) critic term's aggregate of each final candidate (best-of-N, score_candidates)
     diagnostics: GuidanceDiagnostics | None  # over all B·N candidates, (num_steps, B·N) per field
     features: dict[str, torch.Tensor] | None = None  # critic features of the observations, (B, F)
 
@@ -69,12 +71,15 @@ def sample_chunks(
     guidance: Guidance | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    objective_context: dict[str, Any] | None = None,
 ) -> SampleResult:
     """Sample chunks from ``policy`` for an observation batch (or a context already encoded from one).
 
     ``noise``: ``(B, H, Dp)`` when ``N = 1``, or ``(B, N, H, Dp)``; otherwise drawn from ``generator``.
-    ``guidance``: ``None`` samples the base policy. Best-of-N (``config.select == "best"``) uses the guidance's
-    critic; use ``GuidanceConfig(estimator="none")`` for selection without gradient guidance.
+    ``guidance``: ``None`` samples the base policy. Best-of-N (``config.select == "best"``) ranks by the guidance's
+    critic term; use ``GuidanceConfig(estimator="none")`` for selection without gradient guidance.
+    ``objective_context``: per-request inputs of the objective terms (e.g. previously executed actions), ``(B, …)``
+    tensors expanded to the ``B·N`` candidates like the critic features.
     """
     cfg = config or SamplerConfig()
     spec = policy.spec
@@ -84,6 +89,9 @@ def sample_chunks(
         context = policy.encode(obs)
     if cfg.select == "best" and guidance is None:
         raise ValueError("select='best' needs a critic: pass guidance (estimator='none' for selection only)")
+    if (cfg.select == "best" or cfg.score_candidates) and guidance is not None and not guidance.config.has_critic_term:
+        raise ValueError("select='best' / score_candidates rank by the critic term, but GuidanceConfig.objectives "
+                         "has none")
 
     n, d, num_steps = cfg.num_candidates, spec.action_dim, cfg.num_steps or spec.num_steps
     critic_dims = getattr(guidance.critic, "action_dim", None) if guidance is not None else None
@@ -113,7 +121,10 @@ def sample_chunks(
         with autograd_enabled():  # buffers and features must be normal tensors, not inference tensors
             diag = GuidanceDiagnostics.empty(num_steps, bn)
             feats = {k: normal_tensors(v).repeat_interleave(n, dim=0) for k, v in (features or {}).items()}
-            objective = guidance.objective(feats)
+            extra = None if objective_context is None else {
+                k: normal_tensors(v).repeat_interleave(n, dim=0) if isinstance(v, torch.Tensor) else v
+                for k, v in objective_context.items()}
+            objective = guidance.objective(feats, extra)
     guiding = guidance is not None and guidance.active
     needs_graph = guiding and guidance.config.estimator in ("clean_jacobian", "bptt")
     graph_ctx = None
@@ -175,7 +186,7 @@ def sample_chunks(
                 x = x_post.detach()
                 diag.posthoc_skipped = skipped
             if cfg.select == "best" or cfg.score_candidates:
-                values = objective.value(normal_tensors(x)[..., :d]).aggregate.reshape(batch, n)
+                values = objective.score(normal_tensors(x)[..., :d]).reshape(batch, n)
     candidates = x.reshape(batch, n, *shape_tail)
     if cfg.select == "best":
         scores = torch.nan_to_num(values, nan=float("-inf"))

@@ -1,6 +1,6 @@
 """One flat, typed guidance config (a CLI flag and a config field are the same thing) and the :class:`Guidance`
-object that composes the small pieces for the sampler: estimator → strength → schedule → gate → finite check →
-control → convention sign.
+object that composes the small pieces for the sampler: objective terms → estimator → finite check → strength →
+schedule → gate → control → convention sign.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Any
 import torch
 
 from gaflow.convention import ascent_sign
+from gaflow.guidance.checks import integer, number, optional_number
 from gaflow.guidance.controls import Control
 from gaflow.guidance.diagnostics import GuidanceDiagnostics
 from gaflow.guidance.estimators import ESTIMATORS, FlowStep, estimate
-from gaflow.guidance.objective import CriticObjective
+from gaflow.guidance.objective import Objective, WeightedTerm
 from gaflow.guidance.strength import EPS, Schedule, Strength, per_sample_norm
+from gaflow.guidance.terms import CRITIC, DEFAULT_OBJECTIVES, TERMS, TermInputs, check_objectives
 from gaflow.guidance.uncertainty import Gate
 
 
@@ -41,14 +43,18 @@ class GuidanceConfig:
     control_seed: int = 0
     posthoc_steps: int = 0  # post-hoc gradient ascent on the final chunk
     posthoc_lr: float = 0.01
+    # Terms climbed as Σ weight·term, e.g. [{"name": "critic", "weight": 1.0}, {"name": "smooth", "weight": 0.1}];
+    # None = the critic alone (gaflow.guidance.terms). Extra keys of an entry are the term's parameters.
+    objectives: list[dict] | None = None
 
     def __post_init__(self) -> None:
         if self.estimator not in (*ESTIMATORS, "none"):
             raise ValueError(f"estimator must be one of {', '.join((*ESTIMATORS, 'none'))}; got {self.estimator!r}")
-        if self.posthoc_steps < 0 or self.posthoc_lr < 0:
-            raise ValueError("posthoc_steps and posthoc_lr must be >= 0")
-        if self.trust_region is not None and self.trust_region < 0:
-            raise ValueError(f"trust_region must be >= 0, got {self.trust_region}")
+        integer("posthoc_steps", self.posthoc_steps, low=0)
+        number("posthoc_lr", self.posthoc_lr, low=0)
+        optional_number("trust_region", self.trust_region, low=0)
+        number("kappa", self.kappa, low=0)
+        integer("control_seed", self.control_seed, low=0, high=2**63 - 1)
         # Build the pieces once so a bad value fails here, naming its field.
         self.strength, self.schedule_, self.gate = (
             Strength(self.scale, self.relative, self.clip),
@@ -58,12 +64,29 @@ class GuidanceConfig:
         Control(self.control)
         if self.aggregate not in ("mean", "min", "lcb"):
             raise ValueError(f"aggregate must be mean, min or lcb; got {self.aggregate!r}")
+        if self.objectives is not None:  # normalised (weight filled in) so equal objectives hash equally
+            self.objectives = check_objectives(self.objectives)
+        self.objectives_ = check_objectives(DEFAULT_OBJECTIVES) if self.objectives is None else self.objectives
+        if not self.gate.inactive and not self.has_critic_term:
+            raise ValueError("gate_k / fallback_std gate on the critic ensemble's std, but objectives has no "
+                             f"{CRITIC!r} term")
+
+    @property
+    def has_critic_term(self) -> bool:
+        """Whether the objective has the critic term (the gate, the fallback and best-of-N read it)."""
+        return any(e["name"] == CRITIC for e in self.objectives_)
+
+    @property
+    def needs_critic(self) -> bool:
+        return any(TERMS[e["name"]].needs_critic for e in self.objectives_)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GuidanceConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"a guidance config must be a dict of fields, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -71,7 +94,10 @@ class GuidanceConfig:
         return cls(**data)
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        d = self.to_dict()
+        if self.objectives_ == DEFAULT_OBJECTIVES:  # the field is younger than some locks: same hash as before it
+            del d["objectives"]
+        blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -81,10 +107,25 @@ class Guidance:
     def __init__(self, critic, config: GuidanceConfig | None = None) -> None:
         self.critic = critic
         self.config = config or GuidanceConfig()
+        if critic is None and self.config.needs_critic:
+            names = [e["name"] for e in self.config.objectives_ if TERMS[e["name"]].needs_critic]
+            raise ValueError(f"GuidanceConfig.objectives term(s) {', '.join(map(repr, names))} need a critic, but "
+                             "Guidance got critic=None")
         self.control = Control(self.config.control, self.config.control_seed)
 
-    def objective(self, features: dict[str, torch.Tensor]) -> CriticObjective:
-        return CriticObjective(self.critic, features, self.config.aggregate, self.config.kappa)
+    def start_episode(self, episode_seed: int) -> None:
+        """Call at the start of every episode: reseeds the ``random`` control from (control_seed, episode_seed)."""
+        self.control.start_episode(episode_seed)
+
+    def objective(self, features: dict[str, torch.Tensor], context: dict[str, Any] | None = None) -> Objective:
+        """The weighted sum of the configured terms for one batch: ``features`` (B, F) each; ``context`` holds
+        per-request inputs of the terms (e.g. previously executed actions), one row per sample like features."""
+        inputs = TermInputs(self.critic, features, context, self.config)
+        terms = []
+        for entry in self.config.objectives_:
+            params = {k: v for k, v in entry.items() if k not in ("name", "weight")}
+            terms.append(WeightedTerm(entry["name"], entry["weight"], TERMS[entry["name"]].factory(inputs, **params)))
+        return Objective(terms)
 
     @property
     def active(self) -> bool:
@@ -94,16 +135,17 @@ class Guidance:
         return self.config.schedule_.weight(k, n)
 
     def guided_velocity(
-        self, step: FlowStep, objective: CriticObjective, weight: float, diag: GuidanceDiagnostics | None
+        self, step: FlowStep, objective: Objective, weight: float, diag: GuidanceDiagnostics | None
     ) -> torch.Tensor:
         """The policy velocity at ``step`` with guidance added to its real dims.
 
-        Kept lean on purpose: beyond the critic's forward+backward it is a handful of (B,)-sized tensor ops, so
-        the clean-estimate estimator costs about one critic forward+backward per step (benchmarks/).
+        Kept lean on purpose: beyond the objective's forward+backward it is a handful of (B,)-sized tensor ops, so
+        the clean-estimate estimator costs about one critic forward+backward per step (benchmarks/). The gate
+        reads the critic term's ensemble std only: no other term can open or close it.
         """
         cfg, d = self.config, step.action_dim
         v, g, val = estimate(cfg.estimator, step, objective)  # type: ignore[arg-type]
-        ok = torch.isfinite(val.aggregate + g.flatten(1).sum(1))  # (B,): NaN/inf anywhere in Q or g
+        ok = torch.isfinite(val.total + g.flatten(1).sum(1))  # (B,): NaN/inf anywhere in J or g
         g = torch.where(ok.view(-1, 1, 1), g, 0.0)  # a non-finite sample gets no guidance (g = 0 ⇒ Δ = 0)
         v_real = v[..., :d]
         g_norm, v_norm = per_sample_norm(g), per_sample_norm(v_real)
@@ -113,7 +155,7 @@ class Guidance:
             if weight != 1.0:
                 delta = delta * weight
         else:
-            gate, fell_back = cfg.gate(torch.nan_to_num(val.std, nan=float("inf")))
+            gate, fell_back = cfg.gate(torch.nan_to_num(val.critic.std, nan=float("inf")))
             delta = delta * (gate * weight).view(-1, 1, 1)
         applied = self.control(delta)
         if applied is None:
@@ -128,8 +170,13 @@ class Guidance:
             else:
                 cos = (g * applied).flatten(1).sum(1) / (g_norm * applied_norm).clamp_min(EPS)
                 cos = torch.where(applied_norm > 0, cos, float("nan"))
-            diag.record(step.step, [g_norm, applied_norm, applied_norm / v_norm.clamp_min(EPS),
-                                    torch.ones_like(g_norm) if gate is None else gate, val.mean, val.std, cos])
+            v_norm = v_norm.clamp_min(EPS)
+            q = val.critic
+            q_mean, q_std = (q.mean, q.std) if q is not None else (torch.full_like(g_norm, float("nan")),) * 2
+            diag.record(step.step, [g_norm, applied_norm, applied_norm / v_norm,
+                                    torch.ones_like(g_norm) if gate is None else gate, q_mean, q_std, cos,
+                                    g_norm / v_norm],
+                        {name: [val.terms[name], per_sample_norm(share)] for name, share in val.term_grads.items()})
             diag.nonfinite += int((~ok).sum())
             if fell_back is not None:
                 diag.fallback += int((fell_back & ok).sum())

@@ -2,7 +2,8 @@
 
 Each estimator is called once per flow step with a :class:`FlowStep` and returns the policy velocity at ``x_t``
 (so estimators that need the velocity inside a graph compute it themselves — no step pays for two velocity calls),
-the gradient ``g`` ``(B, H, action_dim)`` pointing up the critic, and the critic values used.
+the gradient ``g`` ``(B, H, action_dim)`` pointing up the objective (the weighted sum of its terms, the critic
+alone by default), and the objective's values.
 
 * ``noisy_point`` — ``∇_x Q(x_t)``; biased (the critic never saw noisy chunks); a control.
 * ``clean_estimate`` — ``∇_Â Q(Â)`` at the one-step clean estimate with ``J = I`` (GAF, QGF): ``Â`` is built from
@@ -23,7 +24,7 @@ from typing import Literal
 import torch
 
 from gaflow.convention import clean_estimate, step_size
-from gaflow.guidance.objective import CriticObjective, CriticValue
+from gaflow.guidance.objective import Objective, ObjectiveValue
 from gaflow.protocol import TimeConvention
 
 EstimatorName = Literal["noisy_point", "clean_estimate", "clean_jacobian", "bptt"]
@@ -50,9 +51,9 @@ def _velocity(step: FlowStep) -> torch.Tensor:
 
 
 def estimate(
-    name: EstimatorName, step: FlowStep, objective: CriticObjective
-) -> tuple[torch.Tensor, torch.Tensor, CriticValue]:
-    """Return ``(velocity, g, critic value)`` for the estimator called ``name``."""
+    name: EstimatorName, step: FlowStep, objective: Objective
+) -> tuple[torch.Tensor, torch.Tensor, ObjectiveValue]:
+    """Return ``(velocity, g, objective value)`` for the estimator called ``name``."""
     d = step.action_dim
     if name == "noisy_point":
         v = _velocity(step)
@@ -67,8 +68,7 @@ def estimate(
         x = step.x.detach().requires_grad_(True)
         v = step.velocity_fn(x, step.t)
         a_hat = clean_estimate(x, v, step.t, step.convention)[..., :d]
-        agg, val = objective.value_with_graph(a_hat)
-        (gx,) = torch.autograd.grad(agg.sum(), x)
+        val, gx = objective.value_and_grad(a_hat, wrt=x)
         return v.detach(), gx[..., :d], val
     if name == "bptt":
         x0 = step.x.detach().requires_grad_(True)
@@ -79,14 +79,13 @@ def estimate(
             v = step.velocity_fn(x, t)
             v_first = v if v_first is None else v_first
             x = x + dt * v
-        agg, val = objective.value_with_graph(x[..., :d])
-        (gx,) = torch.autograd.grad(agg.sum(), x0)
+        val, gx = objective.value_and_grad(x[..., :d], wrt=x0)
         return v_first.detach(), gx[..., :d], val
     raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
 
 
-def posthoc_ascent(chunk: torch.Tensor, objective: CriticObjective, steps: int, lr: float, action_dim: int):
-    """``steps`` plain gradient-ascent steps ``A ← A + lr·∇Q(A)`` on the real dims of a final chunk.
+def posthoc_ascent(chunk: torch.Tensor, objective: Objective, steps: int, lr: float, action_dim: int):
+    """``steps`` plain gradient-ascent steps ``A ← A + lr·∇J(A)`` on the real dims of a final chunk.
 
     Samples whose value or gradient is non-finite are left where they are. Returns the new chunk and the number
     of (sample, step) pairs skipped for non-finite values.
@@ -95,7 +94,7 @@ def posthoc_ascent(chunk: torch.Tensor, objective: CriticObjective, steps: int, 
     skipped = 0
     for _ in range(steps):
         val, g = objective.value_and_grad(chunk[..., :action_dim])
-        ok = torch.isfinite(val.aggregate) & torch.isfinite(g).flatten(1).all(1)
+        ok = torch.isfinite(val.total) & torch.isfinite(g).flatten(1).all(1)
         skipped += int((~ok).sum())
         g = torch.where(ok.view(-1, 1, 1), g, torch.zeros_like(g))
         chunk[..., :action_dim] += lr * g

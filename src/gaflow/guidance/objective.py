@@ -1,77 +1,92 @@
-"""The critic objective that guidance climbs: ensemble aggregation and its gradient w.r.t. the chunk.
+"""The objective guidance climbs: a weighted sum of terms, ``J(chunk) = Σ_i w_i·term_i(chunk)``.
 
-Aggregates over the ``K`` members: ``mean``, ``min``, or ``lcb`` (mean − κ·std, pessimistic). One batched critic
-call per evaluation; the gradient is taken of the aggregate summed over the batch (samples are independent, so
-this is each sample's own gradient).
+One backward pass gives the gradient of ``J`` and, on the side, each term's weighted share ``w_i·∇term_i`` (every
+term reads its own alias of the chunk, so autograd hands back each share while it accumulates the sum). The
+critic term is also the only source of the ensemble statistics (:class:`CriticValue`): the gate, the fallback and
+best-of-N never see another term. With the default objective (the critic alone, weight 1) ``J`` *is* ``Q_agg`` —
+no multiply, no alias — so guided chunks are bit-identical to those of the critic-only code it replaced.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
-from typing import Literal
+from dataclasses import dataclass, field
 
 import torch
 
-from gaflow.critic.models import evaluate_critic
-
-Aggregate = Literal["mean", "min", "lcb"]
+from gaflow.guidance.critic_term import Aggregate, CriticTerm, CriticValue
+from gaflow.guidance.terms import CRITIC, ObjectiveTerm
 
 
 @dataclass
-class CriticValue:
-    members: torch.Tensor  # (K, B), detached
-    aggregate: torch.Tensor  # (B,), detached
-
-    @cached_property
-    def mean(self) -> torch.Tensor:
-        return self.members.mean(0)
-
-    @cached_property
-    def std(self) -> torch.Tensor:
-        k = self.members.shape[0]
-        return self.members.std(0, unbiased=False) if k > 1 else torch.zeros_like(self.aggregate)
+class WeightedTerm:
+    name: str
+    weight: float
+    term: ObjectiveTerm
 
 
-class CriticObjective:
-    """``Q_agg(chunk)`` for fixed features; ``chunk`` is ``(B, H, action_dim)``."""
+@dataclass
+class ObjectiveValue:
+    total: torch.Tensor  # (B,) Σ w_i·term_i, detached
+    terms: dict[str, torch.Tensor]  # name → (B,) the term's own (unweighted) value, detached
+    critic: CriticValue | None  # ensemble statistics of the critic term; None when the objective has none
+    term_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (B, H, d) w_i·∇term_i at the chunk
+
+
+class Objective:
+    """``J(chunk)`` for a fixed batch; ``chunk`` is ``(B, H, action_dim)``."""
+
+    def __init__(self, terms: list[WeightedTerm]) -> None:
+        if not terms:
+            raise ValueError("an objective needs at least one term")
+        self.terms = terms
+        self.critic: CriticTerm | None = next((t.term for t in terms if t.name == CRITIC), None)  # type: ignore
+
+    def _forward(self, chunk: torch.Tensor) -> tuple[torch.Tensor, ObjectiveValue, list[torch.Tensor]]:
+        """``J`` still attached to the graph, the detached values, and the input each term read."""
+        single = len(self.terms) == 1
+        inputs = [chunk] if single else [chunk.clone() for _ in self.terms]  # clone: one alias per term
+        total, values, critic = None, {}, None
+        for wt, x in zip(self.terms, inputs, strict=True):
+            if wt.name == CRITIC:
+                v, critic = wt.term.evaluate(x)  # type: ignore[attr-defined]
+            else:
+                v = wt.term.value(x)
+            values[wt.name] = v.detach()
+            part = v if wt.weight == 1.0 else wt.weight * v  # weight 1 multiplies nothing: bit-identical
+            total = part if total is None else total + part
+        return total, ObjectiveValue(total.detach(), values, critic), inputs
+
+    def value(self, chunk: torch.Tensor) -> ObjectiveValue:
+        with torch.no_grad():
+            return self._forward(chunk)[1]
+
+    def value_and_grad(self, chunk: torch.Tensor, wrt: torch.Tensor | None = None
+                       ) -> tuple[ObjectiveValue, torch.Tensor]:
+        """Values and ``∇J`` — one forward and one backward for all terms.
+
+        ``wrt=None``: the gradient w.r.t. ``chunk`` ``(B, H, d)`` (detached here). Otherwise w.r.t. ``wrt``, a
+        tensor ``chunk`` was computed from inside the graph (``x_t`` for the Jacobian and BPTT estimators).
+        Each term's share ``w_i·∇term_i`` w.r.t. the chunk it read lands in ``value.term_grads``.
+        """
+        if wrt is None:
+            chunk = chunk.detach().requires_grad_(True)
+        total, val, inputs = self._forward(chunk)
+        target = chunk if wrt is None else wrt
+        sources = inputs if len(inputs) == 1 and inputs[0] is target else [target, *inputs]
+        grads = torch.autograd.grad(total.sum(), sources)
+        val.term_grads = {wt.name: g for wt, g in zip(self.terms, grads[-len(inputs):], strict=True)}
+        return val, grads[0]
+
+    def score(self, chunk: torch.Tensor) -> torch.Tensor:
+        """The critic term's aggregate ``(B,)`` alone (best-of-N ranks by it); no other term runs."""
+        if self.critic is None:
+            raise ValueError("best-of-N and candidate scores rank by the critic term; the objective has none")
+        with torch.no_grad():
+            return self.critic.evaluate(chunk)[1].aggregate
+
+
+class CriticObjective(Objective):
+    """The default objective: the critic term alone, weight 1 (today's ``Q_agg``)."""
 
     def __init__(self, critic, features: dict[str, torch.Tensor], aggregate: Aggregate = "mean", kappa: float = 1.0):
-        if aggregate not in ("mean", "min", "lcb"):
-            raise ValueError(f"aggregate must be 'mean', 'min' or 'lcb', got {aggregate!r}")
-        self.critic, self.features, self.aggregate, self.kappa = critic, features, aggregate, kappa
-        # Critics that can (EnsembleMLPCritic) precompute the feature part of their first layer once per chunk:
-        # the features do not change over the flow steps. No gradient flows into the critic from guidance.
-        self._prepared = None
-        if hasattr(critic, "prepare") and getattr(critic, "use_chunk", True):
-            with torch.no_grad():
-                self._prepared = critic.prepare(features)
-
-    def _members(self, chunk: torch.Tensor) -> torch.Tensor:
-        if self._prepared is not None:
-            return self.critic.forward_prepared(self._prepared, chunk)
-        return evaluate_critic(self.critic, self.features, chunk)
-
-    def _aggregate(self, q: torch.Tensor) -> torch.Tensor:
-        if self.aggregate == "mean" or q.shape[0] == 1:
-            return q.mean(0)
-        if self.aggregate == "min":
-            return q.min(0).values
-        return q.mean(0) - self.kappa * q.std(0, unbiased=False)
-
-    def value(self, chunk: torch.Tensor) -> CriticValue:
-        q = self._members(chunk)
-        return CriticValue(q.detach(), self._aggregate(q).detach())
-
-    def value_with_graph(self, chunk: torch.Tensor) -> tuple[torch.Tensor, CriticValue]:
-        """Aggregate ``(B,)`` still attached to the graph, plus detached values."""
-        q = self._members(chunk)
-        agg = self._aggregate(q)
-        return agg, CriticValue(q.detach(), agg.detach())
-
-    def value_and_grad(self, chunk: torch.Tensor) -> tuple[CriticValue, torch.Tensor]:
-        """Values and ``∇_chunk Q_agg`` ``(B, H, d)`` — one forward and one backward."""
-        chunk = chunk.detach().requires_grad_(True)
-        agg, val = self.value_with_graph(chunk)
-        (grad,) = torch.autograd.grad(agg.sum(), chunk)
-        return val, grad
+        super().__init__([WeightedTerm(CRITIC, 1.0, CriticTerm(critic, features, aggregate, kappa))])

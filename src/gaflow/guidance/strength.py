@@ -12,6 +12,8 @@ from typing import Literal
 
 import torch
 
+from gaflow.guidance.checks import number, optional_number
+
 EPS = 1e-12
 
 
@@ -27,10 +29,9 @@ class Strength:
     clip: float | None = None  # max per-sample ‖g‖ before scaling
 
     def __post_init__(self) -> None:
-        if self.clip is not None and self.clip <= 0:
-            raise ValueError(f"clip must be > 0, got {self.clip}")
-        if self.relative is not None and self.relative < 0:
-            raise ValueError(f"relative strength ρ must be >= 0, got {self.relative}")
+        number("scale", self.scale)  # any sign: a negative scale descends Q (a deliberate control)
+        optional_number("clip", self.clip, low=0, low_open=True)
+        optional_number("relative", self.relative, low=0, low_open=True)  # ρ = 0 would be a silent "off"
 
     def __call__(self, g: torch.Tensor, v: torch.Tensor, g_norm: torch.Tensor | None = None,
                  v_norm: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,8 +62,10 @@ class Schedule:
     def __post_init__(self) -> None:
         if self.kind not in ("all", "window", "ramp"):
             raise ValueError(f"schedule must be 'all', 'window' or 'ramp', got {self.kind!r}")
-        if not 0.0 <= self.start < self.end <= 1.0:
-            raise ValueError(f"schedule window needs 0 <= start < end <= 1, got [{self.start}, {self.end})")
+        number("schedule_start", self.start, low=0, high=1)
+        number("schedule_end", self.end, low=0, high=1)
+        if not self.start < self.end:
+            raise ValueError(f"schedule_start must be < schedule_end, got [{self.start}, {self.end})")
 
     def weight(self, k: int, n: int) -> float:
         if self.kind == "all":

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gaflow.guidance.checks import number, optional_number
+
 
 @dataclass
 class Gate:
@@ -18,8 +20,9 @@ class Gate:
     fallback_std: float | None = None
 
     def __post_init__(self) -> None:
-        if self.k < 0 or not 0.0 <= self.g_min <= 1.0:
-            raise ValueError(f"gate needs k >= 0 and 0 <= g_min <= 1, got k={self.k}, g_min={self.g_min}")
+        number("gate_k", self.k, low=0)
+        number("gate_min", self.g_min, low=0, high=1)
+        optional_number("fallback_std", self.fallback_std, low=0)
 
     @property
     def inactive(self) -> bool:
