@@ -11,7 +11,8 @@ pytest.importorskip("metaworld")
 pytest.importorskip("lerobot")
 
 from gaflow.data.dataset import episode_table, load_dataset  # noqa: E402
-from gaflow.data.demos import DemoConfig, check_target, rollout_expert, write_demos  # noqa: E402
+from gaflow.data.writer import check_target  # noqa: E402
+from gaflow.demos.metaworld import DemoConfig, rollout_expert, write_demos  # noqa: E402
 from gaflow.envs.metaworld import MetaWorldEnv  # noqa: E402
 
 SIZE = 32
@@ -32,7 +33,7 @@ def demo_dir(tmp_path_factory):
 
 def test_dataset_has_the_exact_schema(demo_dir):
     info = json.loads((demo_dir / "meta" / "info.json").read_text())
-    assert info["codebase_version"].startswith("v3") and info["fps"] == 80
+    assert info["codebase_version"].startswith("v3") and info["fps"] == 80 and info["robot_type"] == "sawyer"
     feats = info["features"]
     expected = {
         "observation.image": ("image", [SIZE, SIZE, 3]),
@@ -41,8 +42,8 @@ def test_dataset_has_the_exact_schema(demo_dir):
         "action": ("float32", [4]),
         "episode.seed": ("int64", [1]),
         "episode.noise_std": ("float32", [1]),
-        "episode.success": ("float32", [1]),
-        "next.success": ("float32", [1]),
+        "episode.success": ("bool", [1]),
+        "next.success": ("bool", [1]),
     }
     for name, (dtype, shape) in expected.items():
         assert (feats[name]["dtype"], list(feats[name]["shape"])) == (dtype, shape), name
@@ -69,9 +70,10 @@ def test_frames_hold_the_executed_noisy_actions_and_per_step_success(demo_dir):
     np.testing.assert_array_equal(np.stack(ep1["action"].to_numpy()), np.stack([f["action"] for f in frames]))
     np.testing.assert_array_equal(np.stack(ep1["observation.environment_state"].to_numpy()),
                                   np.stack([f["observation.environment_state"] for f in frames]))
-    next_success = np.array([float(np.ravel(v)[0]) for v in ep1["next.success"]])
-    assert next_success[:32].max() == 0.0 and next_success[32] == 1.0, "first success after step 33"
-    assert {float(np.ravel(v)[0]) for v in ep1["episode.success"]} == {1.0}
+    next_success = [bool(np.ravel(v)[0]) for v in ep1["next.success"]]
+    assert next_success.index(True) == 32, "first success after step 33"
+    assert next_success == [f["next.success"] for f in frames]
+    assert {bool(np.ravel(v)[0]) for v in ep1["episode.success"]} == {True}
     assert np.all(np.abs(np.stack(ep1["action"].to_numpy())) <= 1.0)
 
 
@@ -137,8 +139,8 @@ def test_a_crash_leaves_no_dataset_at_the_target(tmp_path, monkeypatch):
 def test_rollout_stops_a_few_steps_after_first_success():
     env = MetaWorldEnv("reach", render=False, max_steps=150, terminate_on_success=False)
     frames = list(rollout_expert(env, seed=3, noise=0.0, steps_after_success=4))
-    flags = [f["next.success"][0] for f in frames]
-    first = flags.index(1.0)
+    flags = [f["next.success"] for f in frames]
+    first = flags.index(True)
     assert len(frames) == first + 1 + 4 and "observation.image" not in frames[0]
 
 

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("libero.libero")
 
-from gaflow.envs.libero import LiberoEnv, episode_rng, init_states, quat_to_axis_angle  # noqa: E402
+from gaflow.envs.libero import LiberoEnv, env_info, episode_rng, init_states, quat_to_axis_angle  # noqa: E402
 from gaflow.experts.libero_pick_place import (  # noqa: E402
     PickPlaceExpert,
     PickPlaceGoal,
@@ -146,6 +146,9 @@ def test_observation_contract(envs):
     assert obs["observation.environment_state"].shape == (len(names),)
     assert names[:3] == ["akita_black_bowl_1.pos.x", "akita_black_bowl_1.pos.y", "akita_black_bowl_1.pos.z"]
     assert obs["task"] == env.language and "plate" in obs["task"]
+    info = env_info(SUITE, 0)  # sizes the environment state from the task (builds it once)
+    info.check_observation(obs)
+    assert (info.fps, info.action_dim, info.robot_type, info.cameras) == (20, 7, "panda", {})
     with pytest.raises(ValueError, match="init_index"):
         env.reset(50, 0)
     # one number is an episode seed: 53 = init state 3 with noise seed 1
@@ -200,12 +203,14 @@ def test_expert_solves_fixed_spatial_episodes(solved_episodes, pair):
 def test_demos_round_trip_through_lerobot_dataset(tmp_path, solved_episodes):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from gaflow.cli.libero import LiberoDemoConfig, record_libero_demos
+    from gaflow.demos.libero import LiberoDemoConfig, record_libero_demos
 
     out = tmp_path / "demos"
     cfg = LiberoDemoConfig(suite=SUITE, tasks=(0,), episodes_per_task=1, noise=0.0, out=out)
     summary = record_libero_demos(cfg)
     assert summary["episodes"] == 1 and summary["successes"] == 1
+    info = json.loads((out / "meta" / "info.json").read_text())
+    assert (info["fps"], info["robot_type"], info["features"]["episode.success"]["dtype"]) == (20, "panda", "bool")
     assert not [p for p in tmp_path.iterdir() if p.name != "demos"]  # temp folder cleaned up
 
     ds = LeRobotDataset("gaflow/libero_demos", root=out)
@@ -226,12 +231,12 @@ def test_demos_round_trip_through_lerobot_dataset(tmp_path, solved_episodes):
 
 @pytest.mark.slow
 def test_camera_replay_reproduces_the_camera_free_episode(solved_episodes):
-    from gaflow.cli.libero import _replay_images
+    from gaflow.demos.libero import replay_images
 
     ep = solved_episodes[(0, 0)]
     cam = LiberoEnv(SUITE, 0, cameras=True, image_size=64)
     try:
-        frames = _replay_images(cam, ep)  # raises if the replayed states drift
+        frames = replay_images(cam, ep)  # raises if the replayed states drift
     finally:
         cam.close()
     assert len(frames) == ep.steps

@@ -21,6 +21,8 @@ from gaflow.envs.metaworld import (  # noqa: E402
     placement_seed,
     task_name,
 )
+from gaflow.envs.registry import env_info  # noqa: E402
+from gaflow.experts.metaworld import MetaWorldExpert  # noqa: E402
 
 SIZE = 32
 
@@ -91,12 +93,31 @@ def test_image_is_upright_table_below_background(push_env):
     assert img[: h // 4].mean() + 20 < img[-h // 4 :].mean()
 
 
+def test_env_info_describes_what_the_env_emits(push_env):
+    obs = push_env.reset(seed=5)
+    info = env_info("metaworld", "push", image_size=SIZE, max_steps=150)
+    info.check_observation(obs)  # keys, shapes, dtypes
+    assert info.observation_keys == tuple(k for k in obs if k != "task"), "in the env's own key order"
+    assert (info.fps, info.action_dim, info.cameras, info.robot_type) == (
+        80, 4, {"observation.image": "corner4"}, "sawyer")
+    assert info.lerobot_features()["observation.image"] == {
+        "dtype": "image", "shape": (SIZE, SIZE, 3), "names": ["height", "width", "channels"]}
+    blind = MetaWorldEnv("push", render=False)
+    env_info("metaworld?render=false", "push").check_observation(blind.reset(seed=5))
+    blind.close()
+    with pytest.raises(ValueError, match="observation.image"):
+        env_info("metaworld", image_size=SIZE + 1).check_observation(obs)
+    with pytest.raises(TypeError, match="image_sise"):
+        env_info("metaworld", "push", image_sise=64)
+
+
 def test_expert_solves_reach_and_step_reports_success_and_done():
     env = MetaWorldEnv("reach", render=False, max_steps=150)
+    expert = MetaWorldExpert(env)
     obs = env.reset(seed=0)
     assert "observation.image" not in obs
     for _ in range(150):
-        obs, success, done, info = env.step(env.expert_action(obs))
+        obs, success, done, info = env.step(expert.act(obs))
         assert info["success"] == success and info["step"] == env.steps
         if done:
             break

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +31,11 @@ import torch
 from safetensors import safe_open
 
 from gaflow.critic.data import ChunkTable
+from gaflow.envs.base import EnvInfo
 from gaflow.evaluation.ledger import seed_ranges, test_seeds_of
 from gaflow.evaluation.splits import SplitViolation
 from gaflow.io import atomic_save_safetensors, atomic_write_text, job_folder
+from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
 from gaflow.runtime import RuntimeSpec, run_episode
 from gaflow.runtime.build import release, runtime_and_env
 from gaflow.runtime.executor import Executor, chunked, make_executor, run_jobs, torch_threads
@@ -200,52 +201,41 @@ def assemble(out: Path, cfg: CollectConfig, write_dataset: bool = True, progress
     table.save(out / "chunks.safetensors")
     atomic_write_text(out / "episodes.jsonl", "".join(json.dumps(e) + "\n" for e in episodes))
     if write_dataset:
-        write_lerobot_dataset(out / "dataset", frames, progress=progress)
+        write_lerobot_dataset(out / "dataset", frames, progress=progress, env=cfg.env)
     return table
 
 
-def write_lerobot_dataset(root: Path, episodes: list[tuple[dict, dict[str, torch.Tensor]]], progress: bool = True):
-    """Executed frames as a LeRobotDataset v3 (written to a temporary sibling, then renamed into place)."""
-    import datasets
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+def write_lerobot_dataset(root: Path, episodes: list[tuple[dict, dict[str, torch.Tensor]]], progress: bool = True,
+                          *, env: str | EnvInfo):
+    """Executed frames as a LeRobotDataset v3, through gaflow's one writer (:class:`gaflow.data.writer.DatasetWriter`:
+    built in a temporary sibling, swapped into place; an error leaves ``root`` as it was).
 
-    datasets.disable_progress_bars()  # one rich bar for the job, not one HF bar per episode
-    first = next((t for _, t in episodes if "frame.state" in t), None)
-    if first is None:
+    ``env``: the env spec (``"metaworld"``, ``"libero:<suite>?..."``, ``"toy"``) or its
+    :class:`~gaflow.envs.base.EnvInfo` — fps, names and robot type come from it; pass the ``EnvInfo`` built with
+    the same options as the env (``env_info(cfg.env, task, image_size=...)``) when they change the features; given
+    a spec, MetaWorld's image size is read from the recorded frames. Only the observations the episodes recorded are
+    stored (e.g. no image when ``record_images`` was off). ``progress`` is unused (LeRobot's own per-episode bars
+    are silenced).
+    """
+    from gaflow.data.writer import DatasetWriter
+    from gaflow.envs.registry import env_info, parse_env_spec
+
+    recorded = [(meta, t) for meta, t in episodes if "frame.state" in t]
+    if not recorded:
         return
-    feats = {
-        "observation.state": {"dtype": "float32", "shape": tuple(first["frame.state"].shape[1:]), "names": None},
-        "observation.environment_state": {"dtype": "float32", "shape": tuple(first["frame.env_state"].shape[1:]),
-                                          "names": None},
-        "action": {"dtype": "float32", "shape": tuple(first["frame.action"].shape[1:]), "names": None},
-        "episode.seed": {"dtype": "int64", "shape": (1,), "names": None},
-        "episode.success": {"dtype": "float32", "shape": (1,), "names": None},
-        "next.success": {"dtype": "float32", "shape": (1,), "names": None},
-    }
-    if "frame.image" in first:
-        feats["observation.image"] = {"dtype": "image", "shape": tuple(first["frame.image"].shape[1:]),
-                                      "names": ["height", "width", "channel"]}
-    tmp = root.parent / f".{root.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    ds = LeRobotDataset.create(repo_id=f"gaflow/{root.parent.name}", fps=80, features=feats, root=tmp,
-                               use_videos=False)
-    for meta, t in episodes:
-        if "frame.state" not in t:
-            continue
-        for i in range(t["frame.state"].shape[0]):
-            frame = {"observation.state": t["frame.state"][i].numpy(),
-                     "observation.environment_state": t["frame.env_state"][i].numpy(),
-                     "action": t["frame.action"][i].numpy(),
-                     "episode.seed": np.array([meta["seed"]], np.int64),
-                     "episode.success": np.array([float(meta["success"])], np.float32),
-                     "next.success": np.array([float(t["frame.success"][i])], np.float32),
-                     "task": meta.get("task_description") or meta["task"]}
-            if "observation.image" in feats:
-                frame["observation.image"] = t["frame.image"][i].numpy()
-            ds.add_frame(frame)
-        ds.save_episode()
-    ds.finalize()
-    if root.exists():
-        shutil.rmtree(root)
-    os.replace(tmp, root)
+    first = recorded[0][1]
+    stored = {STATE_KEY: "frame.state", ENV_STATE_KEY: "frame.env_state", IMAGE_KEY: "frame.image"}
+    if not isinstance(env, EnvInfo):
+        opts = {}
+        if "frame.image" in first and parse_env_spec(env)[0] == "metaworld":
+            opts["image_size"] = int(first["frame.image"].shape[1])  # the size the policy's env rendered at
+        env = env_info(env, recorded[0][0]["task"], **opts)
+    info = env.select(k for k in env.observation_keys if stored.get(k) in first)
+    with DatasetWriter(root, info, ("episode.seed", "episode.success", "next.success"), overwrite=True,
+                       repo_id=f"gaflow/{root.parent.name}") as writer:
+        for meta, t in recorded:
+            for i in range(t["frame.state"].shape[0]):
+                writer.add_frame({key: t[stored[key]][i] for key in info.observation_keys}
+                                 | {"action": t["frame.action"][i], "next.success": bool(t["frame.success"][i]),
+                                    "task": meta.get("task_description") or meta["task"]})
+            writer.save_episode({"episode.seed": meta["seed"], "episode.success": bool(meta["success"])})

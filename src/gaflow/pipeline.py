@@ -93,7 +93,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
         if (demos / "meta" / "info.json").exists():
             console.print("demonstrations exist — skipped")
         elif libero:  # the scripted LIBERO expert, on the critic split's init states only (never validation/test)
-            from gaflow.cli.libero import LiberoDemoConfig, record_libero_demos
+            from gaflow.demos.libero import LiberoDemoConfig, record_libero_demos
 
             a, b = splits.ranges["critic"]
             record_libero_demos(LiberoDemoConfig(suite=suite or "libero_spatial",
@@ -102,7 +102,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
                                                  noise_seed=DEMO_NOISE_SEED, inits=tuple(range(a, b)), out=demos),
                                 console)
         elif cfg.env == "metaworld":
-            from gaflow.data.demos import DemoConfig, write_demos
+            from gaflow.demos.metaworld import DemoConfig, write_demos
 
             write_demos(DemoConfig(tasks=list(cfg.tasks), episodes_per_task=cfg.demos_per_task, noise=cfg.demo_noise,
                                    seed_start=splits.ranges["demos"][0], out=demos,

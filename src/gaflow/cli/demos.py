@@ -1,7 +1,7 @@
 """``gaflow demos`` — record scripted MetaWorld demonstrations as a LeRobotDataset v3.
 
-load config → build env per task → roll out the noisy scripted expert with a progress bar → write the dataset
-to a temporary sibling folder → rename it into place.
+The recording is :mod:`gaflow.demos.metaworld`; this module turns flags into a
+:class:`~gaflow.demos.metaworld.DemoConfig`, draws the progress bar and prints the per-task table.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def demos(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing dataset at --out"),
 ) -> None:
     """Run MetaWorld's scripted expert with action noise and write a LeRobotDataset v3 (images in parquet)."""
-    from gaflow.data.demos import DemoConfig, write_demos
+    from gaflow.demos.metaworld import DemoConfig, write_demos
 
     cfg = DemoConfig(
         tasks=comma_list(tasks),

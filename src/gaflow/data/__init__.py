@@ -1,5 +1,6 @@
-"""Datasets: scripted demonstrations written as LeRobotDataset v3 (``demos``) and the loader that training
-uses (``dataset``). LeRobot is imported only when a dataset is actually written or read."""
+"""Datasets: the one LeRobotDataset v3 writer (``writer``) and the loader that training uses (``dataset``).
+LeRobot is imported only when a dataset is actually written or read. Recording demonstrations is a stage:
+:mod:`gaflow.demos`."""
 
 from gaflow.data.dataset import (
     EPISODE_FEATURES,
@@ -9,18 +10,16 @@ from gaflow.data.dataset import (
     load_dataset,
     read_info,
 )
-from gaflow.data.demos import FEATURES, DemoConfig, EpisodeRecord, features, write_demos
+from gaflow.data.writer import COLUMNS, DatasetWriter, check_target
 
 __all__ = [
+    "COLUMNS",
     "EPISODE_FEATURES",
-    "FEATURES",
     "REQUIRED_FEATURES",
     "DatasetError",
-    "DemoConfig",
-    "EpisodeRecord",
+    "DatasetWriter",
+    "check_target",
     "episode_table",
-    "features",
     "load_dataset",
     "read_info",
-    "write_demos",
 ]

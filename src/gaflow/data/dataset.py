@@ -74,7 +74,7 @@ def check_features(info: dict[str, Any], required: Iterable[str], where: str | P
 
 
 @contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
+def hub_offline() -> Iterator[None]:
     # A local dataset must never turn into a hub download (LeRobot falls back to one when files are missing).
     try:
         from huggingface_hub import constants
@@ -114,7 +114,7 @@ def load_dataset(
         fps = float(info["fps"])
         delta_timestamps = {"action": [k / fps for k in range(int(chunk_len))]}
     try:
-        with _hub_offline():
+        with hub_offline():
             return LeRobotDataset(f"local/{root.name}", root=root, episodes=episodes, video_backend="pyav",
                                   delta_timestamps=delta_timestamps)
     except Exception as exc:
@@ -150,7 +150,7 @@ def episode_table(ds: Any) -> list[dict[str, Any]]:
                 r["seed"] = int(_scalar(row["episode.seed"]))
             if "episode.noise_std" in present:
                 r["noise_std"] = round(float(_scalar(row["episode.noise_std"])), 6)  # stored as float32
-            if "episode.success" in present:
+            if "episode.success" in present:  # bool (gaflow's dtype) or float32 0/1 (datasets written before)
                 r["success"] = bool(_scalar(row["episode.success"]) > 0.5)
     wanted = set(ds.episodes) if ds.episodes is not None else None
     return [r for i, r in sorted(rows.items()) if wanted is None or i in wanted]
@@ -169,6 +169,7 @@ __all__ = [
     "DatasetError",
     "check_features",
     "episode_table",
+    "hub_offline",
     "load_dataset",
     "read_info",
 ]

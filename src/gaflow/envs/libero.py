@@ -25,6 +25,8 @@ Observation (a dict, LeRobot's LIBERO names)::
     "observation.images.wrist_image" uint8 (H, W, 3)  robot0_eye_in_hand      } 180° (both axes flipped), i.e. upright
     "task"                           str           the task's language instruction
 
+:func:`env_info` describes these features (for a dataset) without stepping the simulator.
+
 Images: robosuite renders in the OpenGL convention (upside down). LeRobot's ``LiberoProcessorStep`` flips both
 axes of raw env frames so that they match the HuggingFaceVLA/libero datasets; this wrapper returns frames *already
 flipped*, i.e. in the orientation those datasets store and a LeRobot LIBERO policy sees after its processor. Feed
@@ -50,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from gaflow.envs.base import EnvInfo, Feature, check_env_options
 from gaflow.observations import ENV_STATE_KEY, STATE_KEY, TASK_KEY
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -67,6 +70,10 @@ STATE_DIM = 8
 IMAGE_KEY = "observation.images.image"
 WRIST_IMAGE_KEY = "observation.images.wrist_image"
 CAMERAS = {IMAGE_KEY: "agentview", WRIST_IMAGE_KEY: "robot0_eye_in_hand"}
+DEFAULT_IMAGE_SIZE = 128
+STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
+               "gripper_qpos_left", "gripper_qpos_right")
+ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
 # LeRobot's LIBERO no-op: hold still with the gripper open.
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 
@@ -137,6 +144,48 @@ def init_states(suite: str, task_id: int) -> np.ndarray:
     return states
 
 
+@cache
+def environment_state_names(suite: str, task_id: int) -> tuple[str, ...]:
+    """The layout of one task's ``observation.environment_state`` (which objects and fixture joints the task has
+    is only known once robosuite has built its model: this builds the camera-free env once per process)."""
+    with LiberoEnv(suite, task_id) as env:
+        return tuple(env.environment_state_names)
+
+
+def env_info(suite: str = "libero_spatial", task_id: int | None = None, *, cameras: bool = False,
+             image_size: int = DEFAULT_IMAGE_SIZE, environment_state_dim: int | None = None,
+             **env_options: Any) -> EnvInfo:
+    """What :class:`LiberoEnv` built with these options emits.
+
+    Everything but the size D of ``observation.environment_state`` is fixed; D depends on the task's objects.
+    Give it as ``environment_state_dim`` (e.g. the largest of several tasks, for a dataset that zero-pads them)
+    or give ``task_id`` and it is read from the task's env (:func:`environment_state_names`, built once).
+    """
+    check_env_options(LiberoEnv, env_options, "libero env_info")
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+    if int(image_size) <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if environment_state_dim is None:
+        if task_id is None:
+            raise ValueError("libero env_info needs task_id or environment_state_dim (the size of "
+                             "observation.environment_state depends on the task)")
+        environment_state_dim = len(environment_state_names(suite, int(task_id)))
+    elif task_id is not None:
+        get_task(suite, task_id)  # validates
+    images = tuple(Feature(key, "image", (int(image_size), int(image_size), 3), camera=cam)
+                   for key, cam in CAMERAS.items()) if cameras else ()
+    return EnvInfo(
+        env=f"libero:{suite}",
+        fps=CONTROL_FPS,
+        action=Feature("action", "float32", (ACTION_DIM,), ACTION_NAMES),
+        observation=(Feature(STATE_KEY, "float32", (STATE_DIM,), STATE_NAMES),
+                     Feature(ENV_STATE_KEY, "float32", (int(environment_state_dim),)),
+                     *images),
+        robot_type="panda",
+    )
+
+
 def episode_of_seed(seed: int, num_init_states: int = 50) -> tuple[int, int]:
     """gaflow episode seed → ``(init_index, noise_seed)``: seeds 0–49 are the init states with noise seed 0, 50–99
     the same init states with noise seed 1, ... (the seed split of :data:`gaflow.evaluation.splits.LIBERO_SPLITS`
@@ -184,7 +233,7 @@ class LiberoEnv:
         suite: str,
         task_id: int,
         cameras: bool = False,
-        image_size: int = 128,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         max_steps: int | None = None,
         settle_steps: int = 10,
     ) -> None:
@@ -379,6 +428,8 @@ __all__ = [
     "WRIST_IMAGE_KEY",
     "LiberoEnv",
     "LiberoTask",
+    "env_info",
+    "environment_state_names",
     "episode_rng",
     "get_task",
     "init_states",

@@ -14,7 +14,8 @@ across processes.
 Control: 4-d actions in [−1, 1] (hand xyz displacement ×1 cm, gripper effort), ``frame_skip`` 5 × 2.5 ms =
 12.5 ms per step, i.e. :data:`CONTROL_FPS` = 80 Hz. ``observation.state`` is the hand position (3) and the
 gripper opening (1, 0 closed … 1 open); ``observation.environment_state`` is MetaWorld's 39-d vector (hand,
-gripper, object poses, the previous frame of both, goal position).
+gripper, object poses, the previous frame of both, goal position). :func:`env_info` describes all of this
+without building a simulator. MetaWorld's scripted expert is :mod:`gaflow.experts.metaworld`.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-import warnings
 from typing import Any
 
 import numpy as np
 
-from gaflow.envs.base import STATE_DIM
+from gaflow.envs.base import EnvInfo, Feature, check_env_options
 from gaflow.envs.render import configure_gl_backend, import_mujoco
 from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
@@ -35,6 +35,10 @@ configure_gl_backend()  # must precede the first `import mujoco` (metaworld impo
 
 CONTROL_FPS = 80  # MetaWorld: frame_skip 5 × timestep 0.0025 s; also its metadata["render_fps"]
 MAX_PATH_LENGTH = 500  # MetaWorld raises when stepped past this
+STATE_DIM = 4  # hand xyz + gripper opening = environment_state[:4]
+ENV_STATE_DIM = 39  # MetaWorld's observation vector (goal-observable)
+ACTION_DIM = 4
+DEFAULT_IMAGE_SIZE = 84
 
 # Default camera. MetaWorld's "corner4" (the view LeRobot's MetaWorld env and TD-MPC2 use: their "corner2" moved
 # to corner4's position) looks at the table from the front-right, close enough that the puck, the goal marker and
@@ -127,11 +131,28 @@ def placement_seed(task: str, seed: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _expert_quiet(policy: Any, raw_obs: np.ndarray) -> np.ndarray:
-    # Scripted policies warn "Constant(s) may be too high" on almost every step.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
-        return np.asarray(policy.get_action(raw_obs), dtype=np.float32)
+def env_info(task: str | None = None, *, image_size: int = DEFAULT_IMAGE_SIZE, camera: str = DEFAULT_CAMERA,
+             render: bool = True, **env_options: Any) -> EnvInfo:
+    """What :class:`MetaWorldEnv` built with these options emits (no simulator is built). The features are the
+    same for every task; ``task`` is only checked. Other constructor options (``max_steps``, ...) are accepted
+    and do not change the features."""
+    check_env_options(MetaWorldEnv, env_options, "metaworld env_info")
+    if task is not None:
+        task_name(task)
+    if int(image_size) < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    if camera not in CAMERAS:
+        raise ValueError(f"camera {camera!r} unknown; MetaWorld cameras: {', '.join(CAMERAS)}")
+    image = (Feature(IMAGE_KEY, "image", (int(image_size), int(image_size), 3), camera=camera),) if render else ()
+    return EnvInfo(
+        env="metaworld",
+        fps=CONTROL_FPS,
+        action=Feature("action", "float32", (ACTION_DIM,), ("dx", "dy", "dz", "gripper")),
+        observation=(*image,
+                     Feature(STATE_KEY, "float32", (STATE_DIM,), ("hand_x", "hand_y", "hand_z", "gripper")),
+                     Feature(ENV_STATE_KEY, "float32", (ENV_STATE_DIM,))),
+        robot_type="sawyer",
+    )
 
 
 class MetaWorldEnv:
@@ -151,14 +172,14 @@ class MetaWorldEnv:
     ``truncated``, ``step``, ``reward`` and MetaWorld's own info. Stepping past ``max_steps`` raises.
 
     >>> env = MetaWorldEnv("push", image_size=64)          # doctest: +SKIP
-    >>> obs = env.reset(seed=3)
-    >>> obs, success, done, info = env.step(env.expert_action(obs))
+    >>> obs = env.reset(seed=3)                             # doctest: +SKIP
+    >>> obs, success, done, info = env.step(np.zeros(4))    # doctest: +SKIP
     """
 
     def __init__(
         self,
         task: str,
-        image_size: int = 84,
+        image_size: int = DEFAULT_IMAGE_SIZE,
         camera: str = DEFAULT_CAMERA,
         max_steps: int | None = None,
         render: bool = True,
@@ -195,7 +216,6 @@ class MetaWorldEnv:
         env.seeded_rand_vec = True
         self._env = env
         self._renderer: Any = None
-        self._policy: Any = None
         self._raw_obs: np.ndarray | None = None
         self._last_obs: dict[str, Any] | None = None
         self._steps = 0
@@ -242,24 +262,18 @@ class MetaWorldEnv:
     def ever_succeeded(self) -> bool:
         return self._success
 
-    # -- expert ----------------------------------------------------------------------------------------------
-    def expert_action(self, obs: dict[str, Any] | None = None) -> np.ndarray:
-        """MetaWorld's scripted expert (``metaworld.policies.ENV_POLICY_MAP``) at ``obs`` (default: the latest).
+    @property
+    def raw_observation(self) -> np.ndarray:
+        """MetaWorld's float64 observation vector after the latest reset/step (``observation.environment_state``
+        is its float32 copy); scripted experts read it so that their rollouts are exactly reproducible."""
+        if self._raw_obs is None:
+            raise RuntimeError("call reset(seed) first")
+        return self._raw_obs
 
-        For the latest observation the expert reads the float64 state the simulator produced, so scripted
-        rollouts are exactly reproducible; for any other observation it reads its float32 environment state.
-        """
-        if self._policy is None:
-            from metaworld.policies import ENV_POLICY_MAP
-
-            self._policy = ENV_POLICY_MAP[self.env_name]()
-        if obs is None or obs is self._last_obs:
-            if self._raw_obs is None:
-                raise RuntimeError("call reset(seed) before expert_action()")
-            raw = self._raw_obs
-        else:
-            raw = np.asarray(obs[ENV_STATE_KEY], dtype=np.float64)
-        return _expert_quiet(self._policy, raw)
+    @property
+    def last_observation(self) -> dict[str, Any] | None:
+        """The observation dict returned by the latest reset/step (``None`` before the first reset)."""
+        return self._last_obs
 
     # -- observation -----------------------------------------------------------------------------------------
     def _observe(self, raw: np.ndarray) -> dict[str, Any]:

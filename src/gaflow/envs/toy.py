@@ -12,9 +12,26 @@ import hashlib
 
 import numpy as np
 
+from gaflow.envs.base import EnvInfo, Feature
 from gaflow.observations import ENV_STATE_KEY, STATE_KEY, TASK_KEY
 
 TOY_TASKS = {"toy-reach": "move the point to the goal", "toy-reach-far": "move the point to the distant goal"}
+# The toy has no physical time; a dataset still needs a rate for its timestamps (any positive one works).
+CONTROL_FPS = 10
+STATE_NAMES = ("x", "y", "goal_x", "goal_y")
+
+
+def env_info(task: str | None = None, **env_options) -> EnvInfo:
+    """What :class:`ToyReachEnv` emits (the same for every task and option; ``task`` is only checked)."""
+    if task is not None and task not in TOY_TASKS:
+        raise ValueError(f"unknown toy task {task!r}; choose one of {sorted(TOY_TASKS)}")
+    return EnvInfo(
+        env="toy",
+        fps=CONTROL_FPS,
+        action=Feature("action", "float32", (ToyReachEnv.action_dim,), ("dx", "dy")),
+        observation=(Feature(STATE_KEY, "float32", (4,), STATE_NAMES),
+                     Feature(ENV_STATE_KEY, "float32", (4,), STATE_NAMES)),
+    )
 
 
 class ToyReachEnv:

@@ -1,16 +1,25 @@
-"""Scripted experts that generate demonstrations from privileged simulator state.
+"""Scripted experts that generate demonstrations from privileged simulator state (not part of the method: they
+feed ``gaflow.demos``). Each is imported lazily: they pull in their simulator.
 
-``libero_pick_place`` — single On/In pick-and-place goals of LIBERO (imported lazily: it pulls in robosuite).
+``metaworld`` — MetaWorld's own scripted policies (:class:`MetaWorldExpert`).
+``libero_pick_place`` — single On/In pick-and-place goals of LIBERO.
 """
 
 from __future__ import annotations
 
-__all__ = ["PickPlaceConfig", "PickPlaceExpert", "UnsupportedTaskError", "run_expert_episode"]
+_EXPORTS = {
+    "MetaWorldExpert": "metaworld",
+    "PickPlaceConfig": "libero_pick_place",
+    "PickPlaceExpert": "libero_pick_place",
+    "UnsupportedTaskError": "libero_pick_place",
+    "run_expert_episode": "libero_pick_place",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        from gaflow.experts import libero_pick_place
+    if name in _EXPORTS:
+        from importlib import import_module
 
-        return getattr(libero_pick_place, name)
+        return getattr(import_module(f"gaflow.experts.{_EXPORTS[name]}"), name)
     raise AttributeError(name)

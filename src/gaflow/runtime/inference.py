@@ -78,8 +78,7 @@ def _needs_critic(config: GuidanceConfig | None, select: str) -> bool:
         return True
     if config is None:
         return False
-    needs = getattr(config, "needs_critic", None)  # objective terms may not need one
-    return bool(needs()) if callable(needs) else True
+    return config.needs_critic  # only objective terms that read a critic need one
 
 
 class GuidedRuntime:
@@ -153,8 +152,8 @@ class GuidedRuntime:
         """Start the per-episode noise stream(s): one seed, or one per row of the batches that follow."""
         seeds = [int(seed)] if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
         self._generators = [torch.Generator().manual_seed(episode_noise_seed(s, self.noise_seed)) for s in seeds]
-        if self.guidance is not None and hasattr(self.guidance, "start_episode"):
-            self.guidance.start_episode(seeds[0] if len(seeds) == 1 else seeds)
+        if self.guidance is not None:  # the random control's own stream: one per episode (a batch: its first seed)
+            self.guidance.start_episode(seeds[0])
 
     def _noise(self, batch: int) -> torch.Tensor:
         spec = self.policy.spec
