@@ -69,17 +69,45 @@ def test_sweep_never_touches_test_seeds(tmp_path, critic_dir):
                                                                      (tmp_path / "sweep").glob("episodes/*/*.json")))}
     assert all(DEFAULT_SPLITS.which(s) == "validation" for _, s in recorded)
     locked = load_locked(tmp_path / "sweep" / "locked.json")
-    assert locked["split"] == "validation" and locked["guidance"] in [r["config"] for r in res["rows"]]
-    best = max(r["rate"] for r in res["rows"])
-    chosen = next(r for r in res["rows"] if r["config"] == locked["guidance"])
-    assert chosen["rate"] == best
+    assert locked["split"] == "validation"
+    best = max(res["rows"], key=lambda r: (r["lcb"], -r["strength"]))
+    assert locked["guidance"] == (best["config"] if best["lcb"] > 0 else None)
+
+
+def _records(diffs_by_task: dict[str, list[tuple[int, int]]], arm: str = "cfg0") -> list[dict]:
+    """Hand-made sweep records: (unguided success, arm success) per episode, each its own initial state."""
+    out = []
+    for task, pairs in diffs_by_task.items():
+        for i, (u, g) in enumerate(pairs):
+            out.append({"task": task, "seed": i, "arms": {"unguided": {"success": bool(u), "init_state_sha": f"{i}"},
+                                                          arm: {"success": bool(g), "init_state_sha": f"{i}"}}})
+    return out
+
+
+def test_validation_rule_locks_unguided_on_a_coin_flip_and_a_config_on_clear_evidence():
+    from gaflow.evaluation.sweep import choose, paired_evidence
+
+    coin = _records({"t": [(0, 1)] * 7 + [(1, 0)] * 6 + [(1, 1)] * 7})  # 13 vs 12 net: the demo's old lock
+    ev = paired_evidence(coin, "cfg0")
+    assert ev["lift"] == pytest.approx(1 / 20) and ev["lcb"] < 0 and ev["p"] == pytest.approx(0.5)  # C(13,≥7)/2^13
+    assert choose([{**ev, "strength": 0.1, "config": {"relative": 0.1}}]) is None  # → unguided
+    clear = _records({"t": [(0, 1)] * 8 + [(1, 1)] * 12})  # 8 up, 0 down
+    ev = paired_evidence(clear, "cfg0")
+    assert ev["lift"] == pytest.approx(0.4) and ev["lcb"] > 0.2 and ev["p"] == pytest.approx(2 ** -8)
+    strong, weak = {**ev, "strength": 0.4, "config": "strong"}, {**ev, "strength": 0.1, "config": "weak"}
+    harmful = {**paired_evidence(_records({"t": [(1, 0)] * 8}), "cfg0"), "strength": 0.2, "config": "bad"}
+    assert harmful["p"] > 0.5 and choose([strong, weak, harmful])["config"] == "weak"  # ties: the weaker strength
+    # repeats of one initial state count once: 8 ups from one initial state are one piece of evidence
+    one_state = [dict(r, arms={k: dict(v, init_state_sha="same") for k, v in r["arms"].items()}) for r in clear]
+    assert paired_evidence(one_state, "cfg0")["p"] == pytest.approx(0.5)
+    assert choose([{**paired_evidence(one_state, "cfg0"), "strength": 0.1, "config": "x"}]) is None
 
 
 def _sweep(tmp_path, critic_dir, name="sweep", seeds=None):
     seeds = seeds or DEFAULT_SPLITS.seeds("validation", 3)
     ev = EvalConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=seeds, split="validation",
                     critic=str(critic_dir))
-    run_sweep(ev, [{"relative": 0.2}, {"relative": 0.6}], tmp_path / name, progress=False)
+    run_sweep(ev, [{"relative": 0.2}], tmp_path / name, progress=False, rule="fixed")  # a lock with a config
     return tmp_path / name / "locked.json", ev
 
 

@@ -159,7 +159,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
     # 5. validation sweep
     from gaflow.evaluation.report import plot_sweep, print_eval
     from gaflow.evaluation.runner import EvalConfig
-    from gaflow.evaluation.sweep import load_locked, run_sweep
+    from gaflow.evaluation.sweep import describe_lock, load_locked, run_sweep
 
     t0 = stage("5/7 validation sweep", f"relative strength ρ ∈ {cfg.grid}, {cfg.validation_episodes} seeds/task")
     val_seeds = splits.seeds("validation", cfg.validation_episodes, purpose="tune")
@@ -170,7 +170,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
         res = run_sweep(ev, [{"relative": r} for r in cfg.grid], sweep_dir, workers=cfg.workers)
         plot_sweep(sweep_dir, res["rows"], "relative strength ρ")
     locked = load_locked(sweep_dir / "locked.json")
-    console.print(f"locked ρ = {locked['guidance']['relative']} (hash {locked['hash']})")
+    console.print(f"locked: {describe_lock(locked)} (hash {locked['hash']})")
     timings["sweep"] = time.perf_counter() - t0
 
     # 6. locked test evaluation
@@ -182,10 +182,12 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
 
     # 6b. a critic that never saw some tasks, on those tasks
     if cfg.heldout_tasks:
-        t0 = stage("6b/7 held-out-task critic", f"critic without {cfg.heldout_tasks}, evaluated on them at the "
-                   f"locked ρ = {locked['guidance']['relative']}")
+        # the strength the main sweep chose; where it chose unguided, the candidate with the best pooled bound
+        h_config = locked["guidance"] or max(locked["candidates"], key=lambda r: r["lcb"])["config"]
+        t0 = stage("6b/7 held-out-task critic", f"critic without {cfg.heldout_tasks}, evaluated on them at "
+                   f"ρ = {h_config.get('relative')} (from the main sweep)")
         h_dir = run / "critic_heldout"
-        h_rep = critic_stage(cfg, run, h_dir, policy, GuidanceConfig.from_dict(locked["guidance"]),
+        h_rep = critic_stage(cfg, run, h_dir, policy, GuidanceConfig.from_dict(h_config),
                              held_out_tasks=tuple(cfg.heldout_tasks))
         unseen_auc = {t: h_rep["auc_per_task"].get(t, float("nan")) for t in cfg.heldout_tasks}
         console.print("held-out critic AUC on the tasks it never saw: "
@@ -198,7 +200,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
         if not (h_sweep / "locked.json").exists():
             ev = EvalConfig(policy=policy, env=cfg.env, tasks=list(cfg.heldout_tasks), seeds=val_seeds,
                             split="validation", critic=str(h_dir), max_steps=cfg.max_steps)
-            run_sweep(ev, [locked["guidance"]], h_sweep, workers=cfg.workers)
+            run_sweep(ev, [h_config], h_sweep, workers=cfg.workers, rule="fixed")
         h_locked = load_locked(h_sweep / "locked.json")
         h_metrics, h_report = locked_test(cfg, policy, h_dir, list(cfg.heldout_tasks), ["unguided", "guided"],
                                           h_locked, run / "test_heldout",
@@ -249,7 +251,8 @@ def locked_test(cfg: PipelineConfig, policy: str, critic_dir: Path, tasks: list[
 
     test_seeds = split_for_env(cfg.env).seeds("test", seed_offset + cfg.test_episodes)[seed_offset:]
     ev = EvalConfig(policy=policy, env=cfg.env, tasks=tasks, seeds=test_seeds, split="test",
-                    arms=standard_arms(locked["guidance"], arms), critic=str(critic_dir), max_steps=cfg.max_steps)
+                    arms=standard_arms(locked["guidance"], arms, per_task=locked["per_task"], from_lock=True),
+                    critic=str(critic_dir), max_steps=cfg.max_steps)
     check_lock_binds(locked, ev)
     records = run_eval(ev, out, workers=cfg.workers, force_reread=force_reread, lock_hash=locked["hash"],
                        command="demo (locked test)")

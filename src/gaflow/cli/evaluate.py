@@ -41,7 +41,7 @@ def sweep(
     from gaflow.evaluation.report import plot_sweep, print_eval
     from gaflow.evaluation.runner import EvalConfig
     from gaflow.evaluation.splits import resolve_seeds, split_for_env
-    from gaflow.evaluation.sweep import RULE, grid_configs, run_sweep
+    from gaflow.evaluation.sweep import RULE, describe_lock, grid_configs, run_sweep
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env), purpose="tune")
     configs = grid_configs(json.loads(base.read_text()) if base else {}, _grid(grid))
@@ -51,11 +51,7 @@ def sweep(
     print_eval(res["metrics"], f"sweep [{split}]")
     plot_sweep(out, res["rows"], "relative strength ρ" if configs[0].get("relative") is not None else "scale")
     lk = res["locked"]
-    from gaflow.guidance import GuidanceConfig
-
-    defaults = GuidanceConfig().to_dict()
-    changed = {k: v for k, v in lk["guidance"].items() if v != defaults[k]}
-    Console().print(f"[bold]locked[/bold] {lk['hash']} ({RULE}): {json.dumps(changed)} → {out / 'locked.json'}")
+    Console().print(f"[bold]locked[/bold] {lk['hash']} ({RULE}): {describe_lock(lk)} → {out / 'locked.json'}")
 
 
 @app.command("eval")
@@ -85,7 +81,13 @@ def eval_cmd(
     from gaflow.evaluation.report import print_eval, write_eval_report
     from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
     from gaflow.evaluation.splits import resolve_seeds, split_for_env
-    from gaflow.evaluation.sweep import check_lock_binds, load_locked, lock_critic, lock_summary
+    from gaflow.evaluation.sweep import (
+        check_lock_binds,
+        describe_lock,
+        load_locked,
+        lock_critic,
+        lock_summary,
+    )
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env))
     touches_test = bool(test_seeds_of(env, seed_list))  # by value: a 'mixed' range counts too
@@ -101,10 +103,12 @@ def eval_cmd(
     if touches_test and needs_guidance and lk is None:
         raise typer.BadParameter("test seeds run only a config locked by `gaflow sweep` (--locked)")
     ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split,
-                    arms=standard_arms(guided_cfg, arm_names), critic=str(critic) if critic else None,
+                    arms=standard_arms(guided_cfg, arm_names, per_task=lk["per_task"] if lk else None,
+                                       from_lock=lk is not None), critic=str(critic) if critic else None,
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps, noise_seed=noise_seed)
     if lk is not None:
         check_lock_binds(lk, ev)
+        Console().print(f"locked config {lk['hash']}: {describe_lock(lk)}")
     records = run_eval(ev, out, workers=workers, force_reread=force_reread, lock_hash=lk["hash"] if lk else None)
     metrics = summarize(records, arm_names)
     meta = {"split": split, "n_seeds": len(seed_list), "seed_range": f"{seed_list[0]}–{seed_list[-1]}",

@@ -42,25 +42,43 @@ class Arm:
     guidance: dict | None = None  # GuidanceConfig as a dict; None = the unguided base policy
     num_candidates: int = 1
     select: str = "first"  # first | best (best-of-N by the critic)
+    per_task: dict[str, dict | None] | None = None  # a lock's per-task choice; overrides `guidance` for its tasks
+
+    def guidance_for(self, task: str) -> dict | None:
+        """The guidance config this arm runs on ``task`` (None: unguided there)."""
+        if self.per_task is not None and task in self.per_task:
+            return self.per_task[task]
+        return self.guidance
 
 
-def standard_arms(guided: dict | None, names: list[str]) -> list[Arm]:
-    """Arms by name: unguided, guided, zero, random, best-of-N, guided+best-of-N."""
+def standard_arms(guided: dict | None, names: list[str], per_task: dict[str, dict | None] | None = None,
+                  from_lock: bool = False) -> list[Arm]:
+    """Arms by name: unguided, guided, zero, random, best-of-N, guided+best-of-N.
+
+    ``per_task`` (from a lock): the config each task runs in the guided arms, ``None`` where the lock chose
+    unguided for that task; ``from_lock``: a lock may choose unguided everywhere (``guided`` None) — the guided
+    arms then run unguided, which the report says."""
+    def control(cfg: dict | None, name: str) -> dict | None:
+        return None if cfg is None else {**cfg, "control": name, "control_seed": 12345}
+
     arms = []
     for name in names:
         if name == "unguided":
             arms.append(Arm("unguided"))
             continue
-        if guided is None:
+        if guided is None and not from_lock:
             raise ValueError(f"arm {name!r} needs a guidance config (--locked or --guidance)")
+        tasks = {t: (dict(c) if c is not None else None) for t, c in per_task.items()} if per_task else None
         if name == "guided":
-            arms.append(Arm("guided", dict(guided)))
+            arms.append(Arm("guided", dict(guided) if guided else None, per_task=tasks))
         elif name in ("zero", "random"):
-            arms.append(Arm(name, {**guided, "control": name, "control_seed": 12345}))
+            arms.append(Arm(name, control(guided, name),
+                            per_task={t: control(c, name) for t, c in tasks.items()} if tasks else None))
         elif name.startswith("best-of-"):
             arms.append(Arm(name, {"estimator": "none"}, int(name.rsplit("-", 1)[1]), "best"))
         elif name.startswith("guided+best-of-"):
-            arms.append(Arm(name, dict(guided), int(name.rsplit("-", 1)[1]), "best"))
+            arms.append(Arm(name, dict(guided) if guided else None, int(name.rsplit("-", 1)[1]), "best",
+                            per_task=tasks))
         else:
             raise ValueError(f"unknown arm {name!r}: unguided, guided, zero, random, best-of-N, guided+best-of-N")
     if not arms or arms[0].name != "unguided":
@@ -99,7 +117,8 @@ def result_path(out: Path, task: str, seed: int) -> Path:
 
 def runtime_spec(cfg: EvalConfig) -> RuntimeSpec:
     """The unguided base runtime of an evaluation; each arm is this runtime under the arm's guidance."""
-    if any(a.guidance is not None or a.select == "best" for a in cfg.arms) and cfg.critic is None:
+    guided = any(a.guidance is not None or any((a.per_task or {}).values()) or a.select == "best" for a in cfg.arms)
+    if guided and cfg.critic is None:
         raise ValueError("guided arms need a critic (--critic)")
     return RuntimeSpec(policy=cfg.policy, critic=cfg.critic, num_steps=cfg.num_steps, noise_seed=cfg.noise_seed,
                        n_action_steps=cfg.n_action_steps)
@@ -116,7 +135,8 @@ def evaluate_episodes(cfg_dict: dict, jobs: list[tuple[str, int]]) -> list[dict]
                                         record_images=False)
             record = {"task": task, "seed": seed, "split": cfg.split, "arms": {}}
             for arm in cfg.arms:
-                runtime = base.with_guidance(arm.guidance, num_candidates=arm.num_candidates, select=arm.select)
+                runtime = base.with_guidance(arm.guidance_for(task), num_candidates=arm.num_candidates,
+                                             select=arm.select)
                 t0 = time.perf_counter()
                 rec = run_episode(env, runtime, seed=seed)
                 init = env.frames[0]["env_state"] if env.frames else np.zeros(0, np.float32)
