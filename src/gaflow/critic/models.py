@@ -28,6 +28,16 @@ def evaluate_critic(critic, features: dict[str, torch.Tensor], chunk: torch.Tens
     return q
 
 
+def feature_distance(critic, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """How far each sample's features lie from the critic's training data: the RMS z-score ``(B,)`` of every
+    feature dimension the critic reads, against its training rows' mean and std (its normaliser). Near 1 in
+    distribution; large where the critic never saw anything like this observation (a new task, a new scene)."""
+    if getattr(critic, "normalizer", None) is None:
+        raise ValueError("this critic has no feature statistics to measure distances against")
+    z = torch.cat([critic.normalizer.normalize(k, features[k].float()) for k in critic.feature_keys], dim=-1)
+    return z.pow(2).mean(-1).sqrt()
+
+
 class EnsembleMLPCritic(nn.Module):
     """``K`` independent MLP critics evaluated in **one batched call** (weights stacked as ``(K, in, out)``).
 

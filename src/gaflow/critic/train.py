@@ -264,13 +264,29 @@ def train_critic(table: ChunkTable, cfg: CriticTrainConfig | None = None, out_di
                          "epoch): lower lr, or check the chunk table")
     critic.load_state_dict(best_state)
     critic.eval()
+    critic.trust_calibration = trust_calibration(critic, feats, va)
     metrics = {"best_val_loss": best, "best_epoch": best_epoch, "epochs_run": len(history), "history": history,
                "train_episodes": len(split.train), "validation_episodes": len(split.validation),
                "held_out_episodes": len(split.held_out), "report_episodes": len(split.report),
                "train_chunks": len(tr), "validation_chunks": len(va)}
     if out_dir is not None:
-        save_critic(critic, out_dir, cfg, {"metrics": metrics, "split": dataclasses.asdict(split)})
+        save_critic(critic, out_dir, cfg, {"metrics": metrics, "split": dataclasses.asdict(split),
+                                          "trust": critic.trust_calibration})
     return critic, metrics, split
+
+
+def trust_calibration(critic, feats: dict[str, torch.Tensor], rows: torch.Tensor) -> dict | None:
+    """Quantiles of :func:`~gaflow.critic.models.feature_distance` on the validation rows (episodes the critic
+    did not fit): the guidance trust gate treats distances up to ``q95`` as the critic's support."""
+    from gaflow.critic.models import feature_distance
+
+    if getattr(critic, "normalizer", None) is None or len(rows) == 0:
+        return None
+    with torch.no_grad():
+        d = feature_distance(critic, {k: v[rows] for k, v in feats.items() if k in critic.feature_keys})
+    q = torch.quantile(d, torch.tensor([0.5, 0.95, 0.99]))
+    return {"distance": "rms_z", "split": "validation", "rows": len(rows), "q50": float(q[0]), "q95": float(q[1]),
+            "q99": float(q[2])}
 
 
 CRITIC_FORMAT = "gaflow-critic-v2"  # v2: critic.json carries the weights' sha256
@@ -352,4 +368,5 @@ def load_critic(path: str | os.PathLike):
     except RuntimeError as e:
         raise ValueError(f"critic weights {w_file} do not match its config {cfg_file}: {e}") from e
     critic.eval()
+    critic.trust_calibration = info.get("trust")  # None for critics trained before the trust gate
     return critic

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from gaflow.convention import ascent_sign
+from gaflow.critic.models import feature_distance
 from gaflow.guidance.checks import integer, number, optional_number
 from gaflow.guidance.controls import Control
 from gaflow.guidance.diagnostics import GuidanceDiagnostics
@@ -39,6 +40,11 @@ class GuidanceConfig:
     gate_k: float = 0.0  # gate = clamp(exp(−k·std), gate_min, 1); 0 = off
     gate_min: float = 0.1
     fallback_std: float | None = None  # std above this → unguided velocity for that sample
+    # trust gate: scale guidance down where the observation's features lie outside the critic's training data;
+    # gate = clamp(exp(−max(0, d/q95 − 1)/trust_scale), trust_min, 1), d the RMS z-score of the features and q95
+    # its 95th percentile on the critic's validation episodes (critic.json "trust"); None = off
+    trust_scale: float | None = None
+    trust_min: float = 0.0
     control: str = "none"  # none | zero | random
     control_seed: int = 0
     posthoc_steps: int = 0  # post-hoc gradient ascent on the final chunk
@@ -54,6 +60,8 @@ class GuidanceConfig:
         number("posthoc_lr", self.posthoc_lr, low=0)
         optional_number("trust_region", self.trust_region, low=0)
         number("kappa", self.kappa, low=0)
+        optional_number("trust_scale", self.trust_scale, low=0, low_open=True)
+        number("trust_min", self.trust_min, low=0, high=1)
         integer("control_seed", self.control_seed, low=0, high=2**63 - 1)
         # Build the pieces once so a bad value fails here, naming its field.
         self.strength, self.schedule_, self.gate = (
@@ -97,6 +105,9 @@ class GuidanceConfig:
         d = self.to_dict()
         if self.objectives_ == DEFAULT_OBJECTIVES:  # the field is younger than some locks: same hash as before it
             del d["objectives"]
+        for name, default in (("trust_scale", None), ("trust_min", 0.0)):  # likewise
+            if d[name] == default:
+                del d[name]
         blob = json.dumps(d, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -125,7 +136,22 @@ class Guidance:
         for entry in self.config.objectives_:
             params = {k: v for k, v in entry.items() if k not in ("name", "weight")}
             terms.append(WeightedTerm(entry["name"], entry["weight"], TERMS[entry["name"]].factory(inputs, **params)))
-        return Objective(terms)
+        objective = Objective(terms)
+        if self.config.trust_scale is not None:
+            objective.trust = self.trust(features)
+        return objective
+
+    def trust(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The trust gate ``(B,)`` of these observations (see ``GuidanceConfig.trust_scale``): 1 inside the critic's
+        support (feature distance ≤ its validation q95), decaying outside it."""
+        cal = getattr(self.critic, "trust_calibration", None)
+        if cal is None:
+            raise ValueError("trust_scale needs a critic with a trust calibration (critic.json 'trust'; critics "
+                             "trained before the trust gate have none — retrain it)")
+        with torch.no_grad():
+            d = feature_distance(self.critic, features)
+        excess = (d / cal["q95"] - 1.0).clamp_min(0.0)
+        return torch.exp(-excess / self.config.trust_scale).clamp(self.config.trust_min, 1.0)
 
     @property
     def active(self) -> bool:
@@ -157,6 +183,9 @@ class Guidance:
         else:
             gate, fell_back = cfg.gate(torch.nan_to_num(val.critic.std, nan=float("inf")))
             delta = delta * (gate * weight).view(-1, 1, 1)
+        if objective.trust is not None:  # outside the critic's support: scaled down (per chunk, not per step)
+            delta = delta * objective.trust.view(-1, 1, 1)
+            gate = objective.trust if gate is None else gate * objective.trust
         applied = self.control(delta)
         if applied is None:
             v_out, applied_norm = v, torch.zeros_like(g_norm)

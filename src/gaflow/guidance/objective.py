@@ -39,6 +39,7 @@ class Objective:
         if not terms:
             raise ValueError("an objective needs at least one term")
         self.terms = terms
+        self.trust: torch.Tensor | None = None  # (B,) the trust gate of this batch, when configured
         self.critic: CriticTerm | None = next((t.term for t in terms if t.name == CRITIC), None)  # type: ignore
 
     def _forward(self, chunk: torch.Tensor) -> tuple[torch.Tensor, ObjectiveValue, list[torch.Tensor]]:
