@@ -130,8 +130,11 @@ def read_episode(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progress: bool = True,
-            write_dataset: bool = True, executor: Executor | None = None) -> dict:
-    """Run (or resume) a collection job. Returns a summary dict."""
+            write_dataset: bool = True, executor: Executor | None = None, extend: bool = False) -> dict:
+    """Run (or resume) a collection job. Returns a summary dict.
+
+    ``extend``: the folder may hold the same job on a subset of these seeds (more rollouts of the same policy):
+    its episodes are kept and only the new seeds run."""
     if not cfg.tasks or not cfg.seeds:
         raise ValueError("collect needs at least one task and one seed")
     runtime_spec(cfg)  # fail before any work on a config that cannot run
@@ -140,6 +143,8 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
         raise SplitViolation(f"collect records critic data, which never comes from test episodes: {len(test)} of the "
                              f"seeds are in {cfg.env}'s test split ({seed_ranges(test)}); use the critic split "
                              "(--seeds critic:N)")
+    if extend:
+        _extend_job(Path(out), cfg)
     out = job_folder(out, cfg.key(), "collect.json")
     for stale in out.glob("episodes/*/.*.tmp"):  # left by a killed driver mid-write; never renamed into place
         stale.unlink()
@@ -168,6 +173,18 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
     summary = {"episodes": total, "collected_now": len(todo), "seconds": elapsed, "chunks": len(table),
                "success_rate": float(np.mean([e["success"] for e in table.episodes])) if table.episodes else 0.0}
     return summary
+
+
+def _extend_job(out: Path, cfg: CollectConfig) -> None:
+    """Rewrite ``out``'s collect.json to ``cfg`` when it describes the same job on a subset of ``cfg.seeds``."""
+    path = out / "collect.json"
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    new = json.loads(json.dumps(cfg.key()))
+    same = {k: v for k, v in previous.items() if k != "seeds"} == {k: v for k, v in new.items() if k != "seeds"}
+    if same and set(previous.get("seeds", [])) <= set(new["seeds"]) and previous != new:
+        atomic_write_text(path, json.dumps(new, indent=2))
 
 
 def assemble(out: Path, cfg: CollectConfig, write_dataset: bool = True, progress: bool = True) -> ChunkTable:

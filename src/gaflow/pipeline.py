@@ -39,6 +39,7 @@ class PipelineConfig:
     policy_lr: float = 5e-4
     policy_env_state: bool = True  # feed the 39-d MetaWorld state (image-only misses the goal: docs/compact_policy.md)
     critic_episodes: int = 40  # per task, 'critic' split
+    critic_episodes_max: int | None = None  # grow to the critic report's suggestion (up to this) when data is short
     validation_episodes: int = 20  # per task, 'validation' split
     test_episodes: int = 30  # per task, 'test' split
     grid: list[float] = field(default_factory=lambda: [0.1, 0.3])  # relative strengths ρ tried on validation
@@ -138,22 +139,40 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
     from gaflow.collect import CollectConfig, collect
 
     t0 = stage("3/7 rollouts", f"{cfg.critic_episodes} episodes per task on the 'critic' seeds")
-    ccfg = CollectConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks),
-                         seeds=splits.seeds("critic", cfg.critic_episodes), max_steps=cfg.max_steps,
-                         record_images=True)  # the critic report re-encodes recorded observations
-    summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True)
-    console.print(f"base-policy success on critic seeds: {summary['success_rate']:.1%} over {summary['episodes']} "
-                  "episodes")
+
+    def rollouts(n: int) -> dict:
+        ccfg = CollectConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks), seeds=splits.seeds("critic", n),
+                             max_steps=cfg.max_steps, record_images=True)  # the critic report re-encodes frames
+        summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True, extend=True)
+        console.print(f"base-policy success on critic seeds: {summary['success_rate']:.1%} over "
+                      f"{summary['episodes']} episodes")
+        return summary
+
+    rollouts(cfg.critic_episodes)
     timings["collect"] = time.perf_counter() - t0
 
-    # 4. critic (+ report)
+    # 4. critic (+ report); when the report says the data cannot be trusted, more rollouts (up to
+    # critic_episodes_max per task) and a critic trained on all of them — decided before any sweep
     from gaflow.guidance import GuidanceConfig
 
     t0 = stage("4/7 critic", f"ensemble of {cfg.critic_members}, success-to-go")
     critic_dir = run / "critic"
     rep = critic_stage(cfg, run, critic_dir, policy, GuidanceConfig(relative=cfg.grid[0]))
-    console.print(f"critic AUC on held-out episodes {rep['auc']:.3f}; ‖Δv‖/‖v‖ median "
+    sizing = rep["sizing"]
+    console.print(f"critic AUC on held-out episodes {rep['auc']:.3f} (95 % CI {sizing['auc_ci95'][0]:.2f}–"
+                  f"{sizing['auc_ci95'][1]:.2f}); ‖Δv‖/‖v‖ median "
                   f"{rep.get('ratio_quantiles', {}).get('p50', float('nan')):.3g}")
+    grow = min(cfg.critic_episodes_max or 0, sizing["suggested_episodes_per_task"])
+    if not sizing["enough"] and grow > cfg.critic_episodes:
+        console.print(f"critic data not enough ({'; '.join(sizing['reasons'])}): {grow} episodes per task")
+        rollouts(grow)
+        critic_dir = run / f"critic_{grow}"
+        rep = critic_stage(cfg, run, critic_dir, policy, GuidanceConfig(relative=cfg.grid[0]))
+        console.print(f"critic AUC on held-out episodes {rep['auc']:.3f} (95 % CI {rep['sizing']['auc_ci95'][0]:.2f}"
+                      f"–{rep['sizing']['auc_ci95'][1]:.2f})")
+    elif not sizing["enough"]:
+        console.print(f"[yellow]critic data not enough[/yellow] ({'; '.join(sizing['reasons'])}) — raise "
+                      "critic_episodes_max to let the demo collect more")
     timings["critic"] = time.perf_counter() - t0
 
     # 5. validation sweep

@@ -84,6 +84,14 @@ def critic_report_cmd(
     if rep["quality_split"] == "validation_fallback":
         console.print("[bold yellow]note[/bold yellow]: this critic has no report split; the quality numbers come "
                       "from the validation episodes that chose its checkpoint (optimistic)")
+    sz = rep["sizing"]
+    if sz["enough"]:
+        console.print(f"critic data: enough (AUC 95 % CI [{sz['auc_ci95'][0]:.2f}, {sz['auc_ci95'][1]:.2f}] on "
+                      f"{sz['report_episodes']} held-out episodes)")
+    else:
+        console.print(f"[bold yellow]critic data: not enough to trust a sweep[/bold yellow] — "
+                      f"{'; '.join(sz['reasons'])}; about {sz['suggested_episodes_per_task']} episodes per task "
+                      f"(now {sz['episodes_per_task']}) would do")
     if rep["strength_warning"]:
         console.print(f"[bold red]warning[/bold red]: {rep['strength_warning']}")
     console.print(f"report: {out / 'critic_report.json'}, plots: {', '.join(rep['plots'])}")

@@ -93,3 +93,55 @@ def critic_quality(critic, table: ChunkTable, rows: torch.Tensor, target: str = 
         "ensemble_std_mean": float(std.mean()),
         "ensemble_std_p90": float(std.quantile(0.9)) if len(std) else float("nan"),
     }
+
+
+# Critic-data sizing: a critic is trusted for a sweep when its held-out AUC is clearly above chance and every task
+# has enough successes and failures to learn from.
+MIN_AUC_LOW = 0.6  # lower end of the 95 % bootstrap CI of the held-out AUC
+MIN_OUTCOMES = 10  # successes and failures per task in the critic's data
+TARGET_HALF_WIDTH = 0.1  # the AUC CI half-width a sizing suggestion aims at
+
+
+def auc_interval(scores: np.ndarray, labels: np.ndarray, episodes: np.ndarray, n_resamples: int = 500,
+                 seed: int = 0) -> tuple[float, float]:
+    """95 % bootstrap CI of the ROC-AUC, resampling whole episodes (chunks of one episode are not independent)."""
+    ids = np.unique(episodes)
+    if len(ids) < 2:
+        return (float("nan"), float("nan"))
+    rows_of = [np.flatnonzero(episodes == e) for e in ids]
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_resamples):
+        rows = np.concatenate([rows_of[i] for i in rng.integers(0, len(ids), len(ids))])
+        a = roc_auc(scores[rows], labels[rows])
+        if np.isfinite(a):
+            aucs.append(a)
+    if not aucs:
+        return (float("nan"), float("nan"))
+    return (float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5)))
+
+
+def data_sufficiency(auc_ci: tuple[float, float], report_episodes: int, outcomes: dict[str, dict[str, int]],
+                     episodes_per_task: int) -> dict:
+    """Whether a critic has enough data to be trusted, and if not, about how many episodes per task would do.
+
+    ``outcomes``: per task, ``{"successes": k, "failures": m}`` over the critic's whole data; ``episodes_per_task``:
+    what it was trained from. The suggestion scales the episodes so the AUC CI half-width would reach
+    :data:`TARGET_HALF_WIDTH` (CI width ∝ 1/√n) and every task would see :data:`MIN_OUTCOMES` of each outcome.
+    """
+    lo, hi = auc_ci
+    reasons = []
+    if not np.isfinite(lo) or lo < MIN_AUC_LOW:
+        reasons.append(f"held-out AUC 95 % CI [{lo:.2f}, {hi:.2f}] reaches below {MIN_AUC_LOW}")
+    factor = 1.0
+    if np.isfinite(lo) and np.isfinite(hi) and report_episodes > 0:
+        factor = max(factor, ((hi - lo) / 2 / TARGET_HALF_WIDTH) ** 2)
+    for task, o in outcomes.items():
+        rare = min(o["successes"], o["failures"])
+        if rare < MIN_OUTCOMES:
+            reasons.append(f"{task}: {o['successes']} successes / {o['failures']} failures (< {MIN_OUTCOMES})")
+            factor = max(factor, MIN_OUTCOMES / max(rare, 1))
+    enough = not reasons
+    return {"enough": enough, "reasons": reasons, "auc_ci95": [lo, hi], "report_episodes": report_episodes,
+            "outcomes": outcomes, "episodes_per_task": episodes_per_task,
+            "suggested_episodes_per_task": episodes_per_task if enough else int(np.ceil(episodes_per_task * factor))}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from gaflow.critic.data import ChunkTable
-from gaflow.critic.quality import critic_quality, critic_values, roc_auc
+from gaflow.critic.quality import auc_interval, critic_quality, critic_values, data_sufficiency, roc_auc
 from gaflow.io import atomic_write_json
 
 NEGLIGIBLE_RATIO = 0.01  # median ‖Δv‖/‖v‖ below this: guidance cannot change the chunk
@@ -114,12 +114,21 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, measure_streng
     row_tasks = np.array(table.row_tasks())[rows.numpy()]
     # per task: for a critic trained with held_out_tasks, the AUC on the tasks it never saw
     auc_per_task = {t: roc_auc(q[row_tasks == t], labels[row_tasks == t]) for t in sorted(set(row_tasks.tolist()))}
+    eps = table.episode[rows].numpy()
+    auc_ci = auc_interval(q, labels, eps)
+    outcomes: dict[str, dict[str, int]] = {}
+    for ep in table.episodes:
+        o = outcomes.setdefault(ep["task"], {"successes": 0, "failures": 0})
+        o["successes" if ep["success"] else "failures"] += 1
+    per_task_eps = max(sum(o.values()) for o in outcomes.values())
+    sizing = data_sufficiency(auc_ci, len(np.unique(eps)), outcomes, per_task_eps)
     strength, verdict, warning = None, "not measured", None
     if measure_strength is not None:
         strength = measure_strength(rows)
         verdict, warning = strength["verdict"], strength["warning"]
     report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label,
               "quality_split": quality_split(critic_dir, same_data), **quality, "auc_per_task": auc_per_task,
+              "auc_ci95": list(auc_ci), "sizing": sizing,
               "guidance_config": guidance_cfg.to_dict() if guidance_cfg is not None else None,
               "strength_verdict": verdict, "strength_warning": warning}
     if strength is not None:
