@@ -231,12 +231,13 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
 
     # 7. result
     stage("7/7 result", "locked test split")
-    print_eval(metrics, "test")
+    print_eval(metrics, "test", console)
     if cfg.heldout_tasks:
-        print_eval(result["heldout"]["metrics"], f"test — critic never trained on {', '.join(cfg.heldout_tasks)}")
+        print_eval(result["heldout"]["metrics"], f"test — critic never trained on {', '.join(cfg.heldout_tasks)}",
+                   console)
     total = time.perf_counter() - t_start
-    console.print(f"[bold]report:[/bold] {report}  (critic report: {critic_dir / 'report' / 'critic_report.json'}; "
-                  f"{total / 60:.1f} min this session)")
+    console.print(f"[bold]report:[/bold] {report} ({total / 60:.1f} min this session)")
+    console.print(f"critic report: {critic_dir / 'report' / 'critic_report.json'}")
     return result
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gaflow.io import atomic_write_json, atomic_write_text
@@ -62,17 +64,57 @@ def legend(metrics: dict) -> str:
     return LEGEND + ("; " + CLUSTERED_LEGEND if any(_is_clustered(b) for b in blocks) else "")
 
 
+# The terminal view is narrower than report.md: it must stay readable in an 80-column terminal. Headline columns
+# (rate, lift, flips, p) get one table per scope — the pooled scope only when there are several tasks, since with
+# one task it is that task — and the per-arm diagnostics (length, latency, guidance) one small pooled table.
+# Where initial states repeat, the clustered CIs and p lead, so the terminal shows those; report.md has both.
+TERMINAL_HEADER = ["n", "success %\n[95% CI]", "lift, points\n[95% CI]", "flips", "p"]
+TERMINAL_DIAGNOSTICS = ["len", "ms", "Δv/v", "gate"]
+TERMINAL_CLUSTERED_NOTE = ("where initial states repeat (states < n), CIs and p come from a bootstrap over initial "
+                           "states and a sign-flip test on per-state paired differences (report.md has both)")
+
+
+def _terminal_table(title: str, header: list[str]) -> Table:
+    # No vertical borders, no edge padding and two spaces between columns: the box-drawing columns of a default
+    # table are what an 80-column terminal cannot spare. fold (not the default ellipsis): a cell still too wide
+    # wraps instead of losing digits. The title is escaped: "eval [test]" is text, not rich markup.
+    table = Table(title=escape(title), box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    table.add_column("arm", overflow="fold")
+    for h in header:
+        table.add_column(h, justify="right", overflow="fold")
+    return table
+
+
+def _headline_row(stats: dict, clustered: bool) -> list[str]:
+    c = stats["clustered"] if clustered else None
+    lo, hi = c["ci95"] if c else stats["ci95"]
+    cells = [str(stats["n"])] + ([str(c["clusters"])] if c else []) + [f"{_pct(stats['rate'])} [{_pct(lo)}, {_pct(hi)}]"]
+    if "lift" not in stats:
+        return cells + ["baseline", "", ""]
+    return cells + [_lift(stats["lift"], c["lift_ci95"] if c else stats["lift_ci95"]),
+                    f"{stats['fail_to_success']}↑ {stats['success_to_fail']}↓",
+                    f"{c['p_value'] if c else stats['mcnemar_p']:.3g}"]
+
+
 def rich_tables(metrics: dict, title: str) -> list[Table]:
+    """The terminal view of ``metrics``: a headline table per scope, then the pooled per-arm diagnostics."""
+    scopes = list(metrics["per_task"].items())
+    if len(scopes) != 1:
+        scopes = [("pooled", metrics["pooled"]), *scopes]
     tables = []
-    for scope, block in [("pooled", metrics["pooled"])] + [(t, b) for t, b in metrics["per_task"].items()]:
-        table = Table(title=f"{title} — {scope}")
-        table.add_column("arm")
+    for scope, block in scopes:
         clustered = _is_clustered(block)
-        for h in _header(clustered):
-            table.add_column(h, justify="right")
+        header = TERMINAL_HEADER[:1] + ["states"] + TERMINAL_HEADER[1:] if clustered else TERMINAL_HEADER
+        table = _terminal_table(f"{title} — {scope}" + (" (clustered by initial state)" if clustered else ""), header)
         for arm, stats in block.items():
-            table.add_row(arm, *_row(stats, clustered))
+            table.add_row(arm, *_headline_row(stats, clustered))
         tables.append(table)
+    diagnostics = _terminal_table(f"{title} — {scopes[0][0]} diagnostics", TERMINAL_DIAGNOSTICS)
+    for arm, stats in scopes[0][1].items():
+        g = stats.get("guidance")
+        diagnostics.add_row(arm, f"{stats['mean_length']:.0f}", f"{stats['chunk_latency_ms']:.1f}",
+                            f"{g['ratio_median']:.3g}" if g else "", f"{g['gate_mean']:.2f}" if g else "")
+    tables.append(diagnostics)
     return tables
 
 
@@ -204,7 +246,11 @@ def write_eval_report(out: Path, metrics: dict, meta: dict) -> Path:
 
 
 def print_eval(metrics: dict, title: str, console: Console | None = None) -> None:
+    """Print ``metrics`` once, readable at 80 columns: :func:`rich_tables` and a legend of what they show."""
     console = console or Console()
     for t in rich_tables(metrics, title):
         console.print(t)
-    console.print(f"[dim]{legend(metrics)}[/dim]")
+        console.print()
+    blocks = [metrics["pooled"], *metrics["per_task"].values()]
+    note = "; " + TERMINAL_CLUSTERED_NOTE if any(_is_clustered(b) for b in blocks) else ""
+    console.print(f"[dim]{LEGEND}{note}[/dim]")
