@@ -80,7 +80,8 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
     timings: dict[str, float] = {}
 
     def stage(name: str, what: str):
-        console.print(Rule(f"[bold]{name}[/bold] — {what}"))
+        console.print(Rule(f"[bold]{name}[/bold]"))
+        console.print(what, markup=False)  # its own line: wraps at any terminal width instead of being cut
         return time.perf_counter()
 
     # 1–2. base policy: given, or demonstrations + compact policy training
