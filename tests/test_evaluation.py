@@ -263,3 +263,17 @@ def test_one_episode_per_initial_state_gives_the_unclustered_numbers():
     # the same initial-state hash in two tasks is two initial states
     two_tasks = hand_records([0] * 5, [True] * 5, "push") + hand_records([0] * 5, [True] * 5, "pick")
     assert summarize(two_tasks, ["unguided", "guided"])["pooled"]["guided"]["clustered"]["clusters"] == 2
+
+
+def test_test_reads_made_before_the_ledger_count_as_earlier_reads():
+    from gaflow.evaluation.ledger import Ledger, policy_identity
+    from gaflow.experiments import preset
+
+    ledger, pid = Ledger(), policy_identity("compact:builtin")
+    hits = ledger.overlapping(pid, "metaworld", {"push-wall": [30005, 30150]})
+    assert [h["read_id"] for h in hits] == ["prior-s10-study", "prior-s10-heldout"]
+    assert hits[0]["shared"] == {"push-wall": "30005"} and hits[0]["results"]["push-wall"]["guided"] == "81/100"
+    assert ledger.overlapping(policy_identity("toy:default"), "metaworld", {"push-wall": [30005]}) == []
+    cfg = preset("default")  # the default demo reads a test block no earlier run read
+    seeds = DEFAULT_SPLITS.seeds("test", cfg.test_offset + cfg.test_episodes)[cfg.test_offset:]
+    assert ledger.overlapping(pid, "metaworld", {t: seeds for t in cfg.tasks}) == []

@@ -42,6 +42,7 @@ class PipelineConfig:
     critic_episodes_max: int | None = None  # grow to the critic report's suggestion (up to this) when data is short
     validation_episodes: int = 20  # per task, 'validation' split
     test_episodes: int = 30  # per task, 'test' split
+    test_offset: int = 0  # first test seed used, as an index into the split (skip blocks earlier runs read)
     grid: list[float] = field(default_factory=lambda: [0.1, 0.3])  # relative strengths ρ tried on validation
     critic_features: list[str] = field(default_factory=lambda: ["observation", "task", "state"])
     critic_members: int = 3
@@ -196,7 +197,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
     # 6. locked test evaluation
     t0 = stage("6/7 test evaluation", f"arms {cfg.arms}, {cfg.test_episodes} locked test seeds/task")
     metrics, report = locked_test(cfg, policy, critic_dir, list(cfg.tasks), list(cfg.arms), locked, run / "test",
-                                  {"critic_auc": rep["auc"]}, force_reread=force_reread)
+                                  {"critic_auc": rep["auc"]}, seed_offset=cfg.test_offset, force_reread=force_reread)
     timings["test"] = time.perf_counter() - t0
     result = {"metrics": metrics, "report": str(report), "timings_s": timings, "locked": locked}
 
@@ -225,7 +226,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
         h_metrics, h_report = locked_test(cfg, policy, h_dir, list(cfg.heldout_tasks), ["unguided", "guided"],
                                           h_locked, run / "test_heldout",
                                           {"critic_auc": unseen_auc, "critic_trained_without": cfg.heldout_tasks},
-                                          seed_offset=cfg.test_episodes,
+                                          seed_offset=cfg.test_offset + cfg.test_episodes,
                                           force_reread=force_reread or splits.period is not None)
         timings["heldout"] = time.perf_counter() - t0
         result["heldout"] = {"metrics": h_metrics, "report": str(h_report), "critic_auc_unseen": unseen_auc}

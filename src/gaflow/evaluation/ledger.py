@@ -108,6 +108,20 @@ def seed_ranges(seeds: list[int]) -> str:
     return ",".join(out)
 
 
+def prior_reads() -> dict[str, dict]:
+    """Reads of test episodes made before this ledger existed, for the policies shipped in the package
+    (``prior_test_reads.json``, from BENCHMARKS.md): seeds are given as ``[first, last]`` ranges."""
+    from importlib.resources import files
+
+    data = json.loads((files("gaflow.evaluation") / "prior_test_reads.json").read_text())
+    out = {}
+    for r in data["reads"]:
+        seeds = {t: list(range(a, b + 1)) for t, (a, b) in r["test_seeds"].items()}
+        out[r["read_id"]] = {**r, "event": "begin", "test_seeds": seeds, "policy_id": policy_identity(r["policy"]),
+                             "finished_at": r["started_at"], "prior": True}
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the ledger
 class Ledger:
     def __init__(self, path: str | os.PathLike | None = None) -> None:
@@ -124,10 +138,11 @@ class Ledger:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def reads(self) -> dict[str, dict]:
-        """Every recorded read by id (a begin entry updated by its finish entry)."""
+        """Every recorded read by id (a begin entry updated by its finish entry), after the reads made before the
+        ledger existed (:func:`prior_reads`)."""
+        out: dict[str, dict] = prior_reads()
         if not self.path.exists():
-            return {}
-        out: dict[str, dict] = {}
+            return out
         for n, line in enumerate(self.path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
