@@ -52,3 +52,15 @@ def test_collect_extends_a_folder_with_more_seeds_of_the_same_job(tmp_path):
     other = CollectConfig(**{**more.key(), "noise_seed": 1})
     with pytest.raises(ValueError, match="different configuration"):  # extend never mixes two jobs
         collect(other, tmp_path, workers=1, progress=False, write_dataset=False, extend=True)
+
+
+def test_strength_check_reads_the_raw_ratio_under_a_relative_strength_so_it_can_fail():
+    from gaflow.evaluation.critic_check import strength_verdict
+
+    applied = np.full(100, 0.3)  # = ρ by construction under a relative strength
+    flat = np.full(100, 1e-4)  # the critic's raw pull, before the rescale
+    assert strength_verdict(applied, flat, relative=True)[0] == "negligible"
+    assert "3e+03×" in strength_verdict(applied, flat, relative=True)[1]  # the amplification is named
+    assert strength_verdict(applied, np.full(100, 0.5), relative=True) == ("ok", None)
+    assert strength_verdict(np.full(100, 1e-4))[0] == "negligible"  # an absolute scale: the applied ratio
+    assert strength_verdict(np.full(100, 3.0))[0] == "dominant"

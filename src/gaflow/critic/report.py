@@ -136,6 +136,9 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, measure_streng
         report["ratio_quantiles"] = {f"p{p}": float(np.percentile(r, p)) for p in (5, 25, 50, 75, 95)} if r.size else {}
         report["gate_mean"] = float(strength["gate"].mean()) if strength["gate"].size else float("nan")
         report["raw_grad_norm_median"] = float(np.median(strength["raw_grad_norm"])) if r.size else float("nan")
+        raw = strength.get("raw_ratio", np.zeros(0))
+        report["raw_ratio_quantiles"] = {f"p{p}": float(np.percentile(raw, p)) for p in (5, 25, 50, 75, 95)} \
+            if raw.size else {}
     report["plots"] = plot_report(out, quality, q, labels, strength)
     atomic_write_json(out / "critic_report.json", report)
     return report

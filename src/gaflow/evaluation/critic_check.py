@@ -42,7 +42,7 @@ def observations_at(collect_dir: Path, table: ChunkTable, rows: torch.Tensor) ->
 
 def guidance_strength(runtime, observations: list[dict], batch: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
     """Per (step, sample) diagnostics of ``runtime``'s guided sampler on real observations → flat arrays."""
-    ratios, gates, raw = [], [], []
+    ratios, gates, raw, raw_ratios = [], [], [], []
     for i in range(0, len(observations), batch):
         part = observations[i:i + batch]
         runtime.start_episode([seed * 1_000_003 + i + j for j in range(len(part))])  # a noise stream per state
@@ -51,13 +51,26 @@ def guidance_strength(runtime, observations: list[dict], batch: int = 16, seed: 
         ratios.append(d.ratio[ok].numpy())
         gates.append(d.gate[ok].numpy())
         raw.append(d.raw_grad_norm[ok].numpy())
+        raw_ratios.append(d.raw_ratio[ok].numpy())
     cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731
-    return {"ratio": cat(ratios), "gate": cat(gates), "raw_grad_norm": cat(raw)}
+    return {"ratio": cat(ratios), "gate": cat(gates), "raw_grad_norm": cat(raw), "raw_ratio": cat(raw_ratios)}
 
 
-def strength_verdict(ratio: np.ndarray) -> tuple[str, str | None]:
+def strength_verdict(ratio: np.ndarray, raw_ratio: np.ndarray | None = None,
+                     relative: bool = False) -> tuple[str, str | None]:
+    """Judge guidance strength on real states. Under a relative strength the applied ratio ‖Δv‖/‖v‖ equals ρ by
+    construction, so the check reads the *raw* ratio ‖g‖/‖v‖ before the rescale: a critic whose gradient is
+    negligible against the velocity has a flat, noise-dominated direction that the rescale only amplifies."""
     if ratio.size == 0:
         return "unknown", "no sampler states could be rebuilt from the data"
+    if relative and raw_ratio is not None and raw_ratio.size:
+        med = float(np.median(raw_ratio))
+        if med < NEGLIGIBLE_RATIO:
+            return "negligible", (f"median raw ‖g‖/‖v‖ = {med:.2g} < {NEGLIGIBLE_RATIO}: the critic's gradient is "
+                                  "nearly flat on real states, and the relative strength amplifies it "
+                                  f"{float(np.median(ratio)) / max(med, 1e-12):.3g}× — its direction is mostly "
+                                  "noise; check the critic (AUC, progress) before trusting guidance")
+        return "ok", None
     med = float(np.median(ratio))
     if med < NEGLIGIBLE_RATIO:
         return "negligible", (f"median ‖Δv‖/‖v‖ = {med:.2g} < {NEGLIGIBLE_RATIO}: guidance this weak cannot change "
@@ -80,7 +93,8 @@ def measure_strength(policy_spec: str, critic_dir: Path, collect_dir: Path, guid
     pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_states]]
     with torch.no_grad():
         strength = guidance_strength(runtime, observations_at(collect_dir, table, pick))
-    strength["verdict"], strength["warning"] = strength_verdict(strength["ratio"])
+    strength["verdict"], strength["warning"] = strength_verdict(strength["ratio"], strength["raw_ratio"],
+                                                                relative=guidance_cfg.relative is not None)
     return strength
 
 
