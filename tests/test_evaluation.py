@@ -277,3 +277,21 @@ def test_test_reads_made_before_the_ledger_count_as_earlier_reads():
     cfg = preset("default")  # the default demo reads a test block no earlier run read
     seeds = DEFAULT_SPLITS.seeds("test", cfg.test_offset + cfg.test_episodes)[cfg.test_offset:]
     assert ledger.overlapping(pid, "metaworld", {t: seeds for t in cfg.tasks}) == []
+
+
+def test_a_run_folder_that_moves_with_its_critic_resumes(tmp_path, critic_dir):
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(critic_dir, tree / "critic")
+    cfg = EvalConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=DEFAULT_SPLITS.seeds("validation", 2),
+                     split="validation", arms=standard_arms({"relative": 0.3}, ["unguided", "guided"]),
+                     critic=str(tree / "critic"))
+    first = run_eval(cfg, tree / "eval", workers=1, progress=False)
+    assert json.loads((tree / "eval" / "eval_config.json").read_text())["critic"] == "../critic"
+    shutil.move(tree, tmp_path / "moved")
+    moved = dataclasses.replace(cfg, critic=str(tmp_path / "moved" / "critic"))
+    assert run_eval(moved, tmp_path / "moved" / "eval", workers=1, progress=False) == first
+    with pytest.raises(ValueError, match="different configuration"):  # a different critic is still another job
+        run_eval(dataclasses.replace(cfg, critic=str(critic_dir)), tmp_path / "moved" / "eval", workers=1,
+                 progress=False)

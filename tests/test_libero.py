@@ -242,3 +242,14 @@ def test_camera_replay_reproduces_the_camera_free_episode(solved_episodes):
     assert len(frames) == ep.steps
     img = frames[0]["observation.images.image"]
     assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.std() > 5
+
+
+def test_libero_demos_use_only_the_critic_split_init_states():
+    from gaflow.demos.libero import LiberoDemoConfig, critic_inits
+    from gaflow.evaluation.splits import LIBERO_SPLITS, SplitViolation
+
+    assert critic_inits() == list(range(*LIBERO_SPLITS.ranges["critic"])) == list(range(25))
+    LiberoDemoConfig(suite=SUITE, tasks=(0,), inits=(0, 24)).validate()
+    for held in ((30,), (0, 40)):  # a validation and a test init state
+        with pytest.raises(SplitViolation, match="critic split"):
+            LiberoDemoConfig(suite=SUITE, tasks=(0,), inits=held).validate()

@@ -34,7 +34,7 @@ from gaflow.critic.data import ChunkTable
 from gaflow.envs.base import EnvInfo
 from gaflow.evaluation.ledger import seed_ranges, test_seeds_of
 from gaflow.evaluation.splits import SplitViolation
-from gaflow.io import atomic_save_safetensors, atomic_write_text, job_folder
+from gaflow.io import atomic_save_safetensors, atomic_write_text, job_folder, portable_paths
 from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
 from gaflow.runtime import RuntimeSpec, run_episode
 from gaflow.runtime.build import release, runtime_and_env
@@ -61,6 +61,9 @@ class CollectConfig:
     def key(self) -> dict:
         """The fields that define the job (a resume must match them); ``workers`` etc. are not part of it."""
         return dataclasses.asdict(self)
+
+
+PATH_FIELDS = ("policy", "critic")  # stored relative to the run folder, so it can move
 
 
 def episode_path(out: Path, task: str, seed: int) -> Path:
@@ -145,7 +148,7 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
                              "(--seeds critic:N)")
     if extend:
         _extend_job(Path(out), cfg)
-    out = job_folder(out, cfg.key(), "collect.json")
+    out = job_folder(out, cfg.key(), "collect.json", paths=PATH_FIELDS)
     for stale in out.glob("episodes/*/.*.tmp"):  # left by a killed driver mid-write; never renamed into place
         stale.unlink()
     todo = [(t, s) for t in cfg.tasks for s in cfg.seeds if not episode_path(out, t, s).exists()]
@@ -181,7 +184,7 @@ def _extend_job(out: Path, cfg: CollectConfig) -> None:
     if not path.exists():
         return
     previous = json.loads(path.read_text())
-    new = json.loads(json.dumps(cfg.key()))
+    new = json.loads(json.dumps(portable_paths(cfg.key(), out, PATH_FIELDS)))
     same = {k: v for k, v in previous.items() if k != "seeds"} == {k: v for k, v in new.items() if k != "seeds"}
     if same and set(previous.get("seeds", [])) <= set(new["seeds"]) and previous != new:
         atomic_write_text(path, json.dumps(new, indent=2))

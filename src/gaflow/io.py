@@ -40,15 +40,32 @@ def atomic_save_safetensors(path: str | os.PathLike, tensors: dict, metadata: di
     return atomic_write(path, lambda p: save_file(tensors, p, metadata=metadata))
 
 
-def job_folder(out: str | os.PathLike, config: dict, filename: str) -> Path:
+def portable_paths(config: dict, out: str | os.PathLike, fields: tuple[str, ...]) -> dict:
+    """``config`` with the existing paths in ``fields`` made relative to ``out`` (a ``scheme:path`` spec keeps its
+    scheme), so a run folder that moves together with what it points to still describes the same job."""
+    config = dict(config)
+    for name in fields:
+        value = config.get(name)
+        if not isinstance(value, str):
+            continue
+        scheme, sep, rest = value.partition(":")
+        if sep and len(scheme) > 1 and rest and Path(rest).exists():  # e.g. compact:<dir> (not C:\ paths)
+            config[name] = f"{scheme}:{os.path.relpath(rest, out)}"
+        elif Path(value).exists():
+            config[name] = os.path.relpath(value, out)
+    return config
+
+
+def job_folder(out: str | os.PathLike, config: dict, filename: str, paths: tuple[str, ...] = ()) -> Path:
     """Create the folder of a resumable job described by ``config`` (saved as ``filename``).
 
-    A re-run in the same folder must describe the same job: resuming never mixes two configurations.
+    A re-run in the same folder must describe the same job: resuming never mixes two configurations. The config
+    fields named in ``paths`` are stored relative to the folder (:func:`portable_paths`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / filename
-    cfg = json.loads(json.dumps(config))
+    cfg = json.loads(json.dumps(portable_paths(config, out, paths)))
     if path.exists():
         previous = json.loads(path.read_text())
         if previous != cfg:

@@ -76,7 +76,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
     """Run (or resume) the whole pipeline in ``run``. ``force_reread``: let the test stages read test episodes an
     earlier run already read (the reports say so); otherwise that is refused (:mod:`gaflow.evaluation.ledger`)."""
     console = console or Console()
-    run = job_folder(run, cfg.to_dict(), "pipeline.json")
+    run = job_folder(run, cfg.to_dict(), "pipeline.json", paths=("policy",))
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
 

@@ -26,8 +26,8 @@ def libero_demos(
     suite: str = typer.Option("libero_spatial", help="libero_spatial | libero_object | libero_goal | ..."),
     tasks: str = typer.Option("0,1", help="comma-separated task ids"),
     episodes_per_task: int = typer.Option(20, help="episodes per task (cycling through the init states)"),
-    inits: str = typer.Option(None, help="init-state indices to use, e.g. 0-24 (default: all 50; keep the "
-                              "validation/test inits of gaflow.evaluation.splits.LIBERO_SPLITS out)"),
+    inits: str = typer.Option(None, help="init-state indices to use, e.g. 0-24 (default and limit: the critic "
+                              "split's 0-24; validation/test inits of LIBERO_SPLITS are refused)"),
     noise: float = typer.Option(0.3, help="Gaussian action-noise σ added to the expert"),
     noise_seed: int = typer.Option(0, help="base noise seed"),
     out: Path = typer.Option(Path("data/libero_demos"), help="dataset folder (LeRobotDataset v3)"),

@@ -4,7 +4,7 @@ build env + expert per task → roll out every (task, episode) camera-free → (
 actions in a camera env after a hard reset to record images → write the dataset (:class:`DatasetWriter`:
 temporary sibling folder, renamed into place).
 
-Episode ``k`` of a task starts from init state ``inits[k mod len(inits)]`` (default: all 50) with noise seed
+Episode ``k`` of a task starts from init state ``inits[k mod len(inits)]`` (default: the critic split's, 0–24) with noise seed
 ``noise_seed + k // len(inits)``; the pair is stored with every frame (``episode.seed`` = init index,
 ``episode.noise_seed``) so the episode can be replayed.
 
@@ -36,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gaflow.data.writer import DatasetWriter, check_target
 from gaflow.envs.libero import CAMERAS, DEFAULT_IMAGE_SIZE, SUITES, env_info, task_count
+from gaflow.evaluation.splits import SplitViolation
 from gaflow.observations import ENV_STATE_KEY, STATE_KEY
 
 SIDECAR = "gaflow_libero.json"
@@ -51,7 +52,7 @@ class LiberoDemoConfig:
     episodes_per_task: int = 20
     noise: float = 0.3  # Gaussian action-noise σ added to the expert
     noise_seed: int = 0
-    inits: tuple[int, ...] | None = None  # init-state indices to cycle through (None: all; keep test inits out)
+    inits: tuple[int, ...] | None = None  # init-state indices to cycle through (None: the critic split's, 0–24)
     out: Path = Path("data/libero_demos")
     cameras: bool = False
     image_size: int = DEFAULT_IMAGE_SIZE
@@ -73,6 +74,19 @@ class LiberoDemoConfig:
             raise ValueError(f"image_size must be positive, got {self.image_size}")
         if self.inits is not None and (not self.inits or not all(0 <= int(i) < 50 for i in self.inits)):
             raise ValueError(f"inits must be non-empty init-state indices in [0, 50), got {self.inits}")
+        held = sorted({int(i) for i in self.inits or ()} - set(critic_inits()))
+        if held:
+            raise SplitViolation(f"inits {held} are validation/test initial states (LIBERO_SPLITS): demonstrations "
+                                 "train the base policy and may only use the critic split's inits "
+                                 f"{critic_inits()[0]}–{critic_inits()[-1]}")
+
+
+def critic_inits() -> list[int]:
+    """The init states demonstrations may use: LIBERO_SPLITS' critic range (never validation or test)."""
+    from gaflow.evaluation.splits import LIBERO_SPLITS
+
+    a, b = LIBERO_SPLITS.ranges["critic"]
+    return list(range(a, b))
 
 
 def episode_name(k: int, inits: list[int] | tuple[int, ...], noise_seed: int) -> tuple[int, int]:
@@ -124,7 +138,7 @@ def record_libero_demos(cfg: LiberoDemoConfig, console: Console | None = None) -
                 env, expert = envs[t], experts[t]
                 cam_env = (LiberoEnv(cfg.suite, t, cameras=True, image_size=cfg.image_size)
                            if cfg.cameras else None)
-                inits = cfg.inits if cfg.inits is not None else range(env.num_init_states)
+                inits = cfg.inits if cfg.inits is not None else critic_inits()
                 try:
                     for k in range(cfg.episodes_per_task):
                         init, nseed = episode_name(k, inits, cfg.noise_seed)

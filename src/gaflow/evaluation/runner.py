@@ -182,7 +182,7 @@ def run_eval(cfg: EvalConfig, out: str | os.PathLike, workers: int = 2, progress
     if not cfg.tasks or not cfg.seeds:
         raise ValueError("eval needs at least one task and one seed")
     runtime_spec(cfg)  # fail before any work on a config that cannot run
-    out = job_folder(out, cfg.to_dict(), "eval_config.json")
+    out = job_folder(out, cfg.to_dict(), "eval_config.json", paths=("policy", "critic"))
     header = record_read(out, command=command, policy=cfg.policy, env=cfg.env,
                          seeds_by_task={t: list(cfg.seeds) for t in cfg.tasks}, lock_hash=lock_hash,
                          critic=cfg.critic, force=force_reread)
