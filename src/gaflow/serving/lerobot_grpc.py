@@ -304,6 +304,7 @@ class _AsyncInference:
         if problems:
             raise InvalidMessage("; ".join(problems))
         control = RequestControl.parse(raw.get(CONTROL_KEY))
+        self.service.resolve(control)  # an unknown config name fails here, where the client sees it
         shapes = {k: self.image_shapes[client.rename_map.get(k, k)] for k in features
                   if isinstance(features[k], dict) and features[k].get("dtype") in ("image", "video")}
         obs = self._helpers.raw_observation_to_observation({**raw, "task": task}, features, _Shapes(shapes))
