@@ -244,6 +244,8 @@ def test_healthz_answers_without_a_key_and_a_wrong_key_is_refused(runtime):
         for key in (None, "wrong"):
             with pytest.raises(websockets.exceptions.InvalidStatus, match="401"):
                 WebsocketClientPolicy(f"ws://127.0.0.1:{srv.port}", api_key=key)
+        with pytest.raises(websockets.exceptions.InvalidStatus, match="400"):
+            WebsocketClientPolicy(f"ws://127.0.0.1:{srv.port}/?seed=-3", api_key="s3cret")
         ok = WebsocketClientPolicy(f"ws://127.0.0.1:{srv.port}", api_key="s3cret")
         assert ok.infer(observation(3))["guidance"]["config"] == "off"
 

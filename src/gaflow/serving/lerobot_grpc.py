@@ -265,6 +265,8 @@ class _AsyncInference:
                 if len(shape) != 3 or shape[2] != 3 or max(shape) > MAX_IMAGE_SIDE:
                     raise InvalidMessage(f"camera {key!r} must be an RGB frame (H, W, 3), got {list(shape)}")
                 cameras.add(target)
+            else:  # LeRobot's client maps a robot to observation.state + observation.images.* only
+                raise InvalidMessage(f"lerobot_features[{key!r}] ({ft['dtype']}) is neither the state nor a camera")
         if OBS_STATE not in features and self.state_dim:
             raise InvalidMessage(f"lerobot_features has no {OBS_STATE!r}; the policy takes {self.state_dim} joints")
         missing = sorted(set(self.image_shapes) - cameras)

@@ -289,6 +289,8 @@ class GuidedPolicyService:
         session = Session(self, 0, self.default_seed)  # not registered: invisible to clients and to max_sessions
         for name in self.configs:
             self.submit(session, {**self.schema.example(), CONTROL_KEY: {"config": name}}).result()
+        with self._lock:
+            self.stats["requests"] = 0  # count clients' requests only
 
     def _enqueue(self, job: _Job) -> Future:
         with self._lock:
@@ -325,11 +327,13 @@ class GuidedPolicyService:
             first = pending.popleft()
             jobs = [first]
             if self.max_batch > 1 and self._batchable(first):
-                for job in list(pending):
+                sessions = {first.session.id}
+                for job in list(pending):  # one job per session: its episode control must precede its draw
                     if len(jobs) >= self.max_batch:
                         break
-                    if job.kind == first.kind and job.key == first.key and job.session is not first.session:
+                    if job.kind == first.kind and job.key == first.key and job.session.id not in sessions:
                         jobs.append(job)
+                        sessions.add(job.session.id)
                         pending.remove(job)
             self._run([j for j in jobs if j.future.set_running_or_notify_cancel()])
 
