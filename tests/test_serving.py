@@ -236,6 +236,31 @@ def test_an_oversized_message_closes_only_its_connection(server):
     assert client(server).infer(observation(2))["actions"].shape == (8, 4)
 
 
+def test_abrupt_disconnects_and_a_client_that_never_reads_do_not_stall_the_others(server):
+    from websockets.sync.client import connect
+
+    url, before = f"ws://127.0.0.1:{server.port}/", server.service.num_sessions
+    for _ in range(3):  # send a request, then drop the TCP connection without a close frame
+        ws = connect(url, compression=None, max_size=None)
+        ws.recv(timeout=10)
+        ws.send(msgpack_numpy.packb(observation(5)))
+        ws.socket.close()
+    hog = connect(url, compression=None, max_size=None)  # floods requests and never reads a reply
+    hog.recv(timeout=10)
+    for _ in range(20):
+        hog.send(msgpack_numpy.packb({**observation(6), "gaflow": {"guidance": False}}))
+    policy = client(server)
+    started = time.perf_counter()
+    for i in range(5):
+        assert policy.infer(observation(i))["actions"].shape == (8, 4)
+    assert time.perf_counter() - started < 60
+    hog.close()
+    deadline = time.time() + 30
+    while server.service.num_sessions > before + 1 and time.time() < deadline:  # only `policy` is left
+        time.sleep(0.1)
+    assert server.service.num_sessions == before + 1
+
+
 def test_healthz_answers_without_a_key_and_a_wrong_key_is_refused(runtime):
     service = GuidedPolicyService(runtime)
     with GuidedPolicyServer(service, ServeConfig(port=0, api_key="s3cret")) as srv:
@@ -339,3 +364,26 @@ def test_gaflow_serve_shuts_down_gracefully_on_sigterm(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_gaflow_serve_reads_named_configs_from_files_locks_and_inline_json(tmp_path):
+    import json
+
+    import typer
+
+    from gaflow.cli.serve import _named_config
+    from gaflow.guidance import GuidanceConfig
+
+    cfg = GuidanceConfig(relative=0.2)
+    lock = {"guidance": cfg.to_dict(), "hash": cfg.config_hash(), "split": "validation", "critic": "runs/critic",
+            "locked_at": "2026-01-01T00:00:00+00:00", "rule": "best validation success"}
+    (tmp_path / "locked.json").write_text(json.dumps(lock))
+    (tmp_path / "g.json").write_text(json.dumps({"scale": 0.5}))
+    assert _named_config(f"locked={tmp_path / 'locked.json'}") == ("locked", cfg.to_dict(), "runs/critic")
+    assert _named_config(f"mine={tmp_path / 'g.json'}") == ("mine", {"scale": 0.5}, None)
+    assert _named_config('strong={"relative": 0.4}') == ("strong", {"relative": 0.4}, None)
+    (tmp_path / "edited.json").write_text(json.dumps({**lock, "guidance": {**lock["guidance"], "relative": 0.9}}))
+    with pytest.raises(typer.BadParameter, match="hash mismatch"):
+        _named_config(f"locked={tmp_path / 'edited.json'}")
+    with pytest.raises(typer.BadParameter, match="NAME="):
+        _named_config("just-a-name")

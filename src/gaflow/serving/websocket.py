@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from gaflow.serving.codec import CodecError, packb, unpackb
 from gaflow.serving.service import GuidedPolicyService, RequestError, ServiceClosed, check_seed
@@ -97,6 +98,8 @@ class OpenpiEndpoint:
             prev_total_ms = None
             while True:
                 message = await ws.recv()
+                if ws.state is not State.OPEN:  # the client left; its buffered requests have no one to answer
+                    break
                 if self.draining:
                     await ws.close(GOING_AWAY, "server shutting down")
                     break
