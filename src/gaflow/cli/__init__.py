@@ -128,6 +128,7 @@ def _register() -> None:
         demos,  # noqa: F401
         evaluate,
         libero,  # noqa: F401
+        serve,  # noqa: F401
         train_policy,  # noqa: F401
     )
 
