@@ -1,29 +1,7 @@
 """Demonstration recording (a stage: scripted expert → noisy rollouts → one LeRobotDataset v3 through
-:class:`gaflow.data.writer.DatasetWriter`).
+:class:`gaflow.data.writer.DatasetWriter`). Import the module you need; each pulls in its simulator.
 
-``metaworld`` — MetaWorld's scripted policies (``gaflow demos``): :class:`DemoConfig`, :func:`write_demos`.
-``libero`` — the LIBERO pick-and-place expert (``gaflow libero-demos``): :class:`LiberoDemoConfig`,
-:func:`record_libero_demos`.
-
-Each is imported lazily: they pull in their simulator.
+``gaflow.demos.metaworld`` — MetaWorld's scripted policies (``gaflow demos``): ``DemoConfig``, ``write_demos``.
+``gaflow.demos.libero`` — the LIBERO pick-and-place expert (``gaflow libero-demos``): ``LiberoDemoConfig``,
+``record_libero_demos``.
 """
-
-from __future__ import annotations
-
-_EXPORTS = {
-    "DemoConfig": "metaworld",
-    "EpisodeRecord": "metaworld",
-    "rollout_expert": "metaworld",
-    "write_demos": "metaworld",
-    "LiberoDemoConfig": "libero",
-    "record_libero_demos": "libero",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        from importlib import import_module
-
-        return getattr(import_module(f"gaflow.demos.{_EXPORTS[name]}"), name)
-    raise AttributeError(name)
