@@ -172,10 +172,18 @@ def collect(cfg: CollectConfig, out: str | os.PathLike, workers: int = 2, progre
     finally:
         release()
     elapsed = time.perf_counter() - t0
-    table = assemble(out, cfg, write_dataset=write_dataset, progress=progress)
+    assembled = (out / "chunks.safetensors").exists() and (not write_dataset or (out / "dataset").exists())
+    if not todo and assembled and (out / "chunks.safetensors").stat().st_mtime >= _newest_episode(out):
+        table = ChunkTable.load(out / "chunks.safetensors")  # a finished job: nothing new to assemble
+    else:
+        table = assemble(out, cfg, write_dataset=write_dataset, progress=progress)
     summary = {"episodes": total, "collected_now": len(todo), "seconds": elapsed, "chunks": len(table),
                "success_rate": float(np.mean([e["success"] for e in table.episodes])) if table.episodes else 0.0}
     return summary
+
+
+def _newest_episode(out: Path) -> float:
+    return max((p.stat().st_mtime for p in out.glob("episodes/*/*.safetensors")), default=0.0)
 
 
 def _extend_job(out: Path, cfg: CollectConfig) -> None:
