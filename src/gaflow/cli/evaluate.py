@@ -36,22 +36,25 @@ def sweep(
     num_steps: int = typer.Option(None),
     max_steps: int = typer.Option(None),
     workers: int = typer.Option(2),
+    rule: str = typer.Option("paired-lcb", help="paired-lcb (choose on significant validation evidence, else "
+                                                 "unguided) | fixed (lock the one grid config given, e.g. a strength "
+                                                 "chosen elsewhere, bound to this critic and these tasks)"),
 ) -> None:
     """Tune guidance on VALIDATION seeds by a declared rule and lock the chosen config."""
     from gaflow.evaluation.report import plot_sweep, print_eval
     from gaflow.evaluation.runner import EvalConfig
     from gaflow.evaluation.splits import resolve_seeds, split_for_env
-    from gaflow.evaluation.sweep import RULE, describe_lock, grid_configs, run_sweep
+    from gaflow.evaluation.sweep import describe_lock, grid_configs, run_sweep
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env), purpose="tune")
     configs = grid_configs(json.loads(base.read_text()) if base else {}, _grid(grid))
     ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split, critic=str(critic),
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps)
-    res = run_sweep(ev, configs, out, workers=workers)
+    res = run_sweep(ev, configs, out, workers=workers, rule=rule)
     print_eval(res["metrics"], f"sweep [{split}]")
     plot_sweep(out, res["rows"], "relative strength ρ" if configs[0].get("relative") is not None else "scale")
     lk = res["locked"]
-    Console().print(f"[bold]locked[/bold] {lk['hash']} ({RULE}): {describe_lock(lk)} → {out / 'locked.json'}")
+    Console().print(f"[bold]locked[/bold] {lk['hash']} ({lk['rule']}): {describe_lock(lk)} → {out / 'locked.json'}")
 
 
 @app.command("eval")

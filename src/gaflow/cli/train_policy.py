@@ -44,6 +44,8 @@ def train_policy_cmd(
     hidden_dim: int = typer.Option(256, help="context and action-expert width"),
     expert_layers: int = typer.Option(2, help="FiLM residual blocks in the action expert"),
     augment_shift: int = typer.Option(4, help="random-shift augmentation in pixels (0 = off)"),
+    state_std_floor: float = typer.Option(0.0, help="floor on the state normaliser's std (LIBERO: 0.01 — objects the "
+                                          "expert never touches barely move in the demonstrations)"),
     progress: bool = typer.Option(True, help="show the progress bar"),
 ) -> None:
     """Train the compact flow policy on a demonstrations dataset (flow matching, LeRobot time convention)."""
@@ -60,7 +62,7 @@ def train_policy_cmd(
         dataset=str(dataset), out=str(out), steps=steps, batch_size=batch_size, flow_samples=flow_samples, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, checkpoint_every=checkpoint_every, resume=resume,
         seed=seed, num_threads=num_threads, max_episodes_per_task=max_episodes_per_task,
-        successful_only=successful_only, progress=progress, policy=pcfg,
+        successful_only=successful_only, progress=progress, policy=pcfg, state_std_floor=state_std_floor,
     )
     trainer = Trainer(cfg, describe_task=metaworld_task_string)
     f = trainer.frames
