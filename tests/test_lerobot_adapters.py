@@ -109,6 +109,38 @@ def test_decode_actions_crops_padding_and_unnormalises_with_dataset_stats(adapte
     torch.testing.assert_close(ad.decode_actions(chunk), decoded)
 
 
+def _round_trip(ad, actions: torch.Tensor, seed: int = 3) -> torch.Tensor:
+    """decode_actions(normalize_actions(actions)) on one observation batch (the reference of relative actions)."""
+    ad.encode(example_observation(ad.config, actions.shape[0], seed=seed))
+    chunk = torch.zeros(actions.shape[0], ad.spec.chunk_len, ad.spec.padded_dim)
+    chunk[..., : ad.spec.action_dim] = ad.normalize_actions(actions)
+    return ad.decode_actions(chunk)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_normalize_actions_inverts_decode_actions(adapters, family):
+    ad = adapters[family]
+    actions = torch.randn(B, ad.spec.chunk_len, ad.spec.action_dim)
+    torch.testing.assert_close(_round_trip(ad, actions), actions, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"actions must be \(B, H, 5\)"):
+        ad.normalize_actions(torch.zeros(B, ad.spec.chunk_len, 4))
+
+
+@pytest.mark.parametrize("family, extra", [("pi0", {"use_relative_actions": True, "relative_exclude_joints": []}),
+                                           ("smolvla", {"adapt_to_pi_aloha": True})])
+def test_normalize_actions_inverts_relative_actions_and_pi_aloha_targets(family, extra, tmp_path):
+    dims = {"action_dim": 14, "state_dim": 14} if family == "smolvla" else {}  # ALOHA's two 7-dof arms
+    ad = load_policy(f"lerobot:{save_offline_checkpoint(OfflineModelConfig(family, extra=extra, **dims), tmp_path)}",
+                     device="cpu")
+    actions = torch.rand(B, ad.spec.chunk_len, ad.spec.action_dim) * 0.5  # inside ALOHA's gripper range
+    torch.testing.assert_close(_round_trip(ad, actions), actions, atol=1e-5, rtol=1e-5)
+    if family == "pi0":  # relative to the state of the batch encoded last: another state, another chunk
+        ad.encode(example_observation(ad.config, B, seed=3))
+        first = ad.normalize_actions(actions)
+        ad.encode(example_observation(ad.config, B, seed=4))
+        assert not torch.allclose(first, ad.normalize_actions(actions))
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_critic_features_have_documented_shapes(adapters, family):
     ad = adapters[family]

@@ -207,23 +207,15 @@ def assemble(out: Path, cfg: CollectConfig, write_dataset: bool = True, progress
             meta, t = read_episode(episode_path(out, task, seed))
             episodes.append(meta)
             frames.append((meta, t))
-            n = t["chunk"].shape[0] if "chunk" in t else 0
             first = meta["first_success_step"]
-            step = t.get("step", torch.zeros(0, dtype=torch.long))
-            executed = t.get("executed", torch.zeros(0, dtype=torch.long))
-            sts = (first - step) if first is not None else torch.full((n,), -1, dtype=torch.long)
-            reward = ((first is not None) & (step < (first or 0)) & (step + executed >= (first or 0))) \
-                if n else torch.zeros(0, dtype=torch.bool)
-            parts.append(ChunkTable(  # one episode; concat offsets episode ids and next-row links
+            parts.append(ChunkTable.from_episode(  # one episode; concat offsets episode ids and next-row links
                 chunk=t.get("chunk", torch.zeros(0, 1, 1)),
                 features={k[len("feature."):]: v for k, v in t.items() if k.startswith("feature.")},
-                episode=torch.zeros(n, dtype=torch.long), step=step, executed=executed,
-                next_row=torch.where(torch.arange(n) < n - 1, torch.arange(n) + 1, -1),
-                success=torch.full((n,), int(meta["success"]), dtype=torch.long),
-                steps_to_success=torch.as_tensor(sts, dtype=torch.long), reward=torch.as_tensor(reward).long(),
-                episodes=[{"task": meta["task"], "seed": meta["seed"], "success": meta["success"],
-                           "first_success_step": first, "length": meta["length"],
-                           "description": meta.get("task_description", "")}]))
+                step=t.get("step", torch.zeros(0, dtype=torch.long)),
+                executed=t.get("executed", torch.zeros(0, dtype=torch.long)), first_success_step=first,
+                episode={"task": meta["task"], "seed": meta["seed"], "success": meta["success"],
+                         "first_success_step": first, "length": meta["length"],
+                         "description": meta.get("task_description", "")}))
     table = ChunkTable.concat(parts)
     table.meta = {"policy": cfg.policy, "env": cfg.env, "guidance": cfg.guidance, "noise_seed": cfg.noise_seed}
     table.save(out / "chunks.safetensors")

@@ -16,6 +16,12 @@ A base policy is *frozen*: gaflow never changes its weights. It answers four thi
   space to environment actions ``(B, H, action_dim)`` (unnormalise, drop padding). Guidance and critics work in the
   policy's space; only execution uses this.
 
+Optional: ``normalize_actions(actions)`` — the inverse of ``decode_actions``: recorded environment actions
+``(B, H, action_dim)`` → the chunk ``(B, H, action_dim)`` in the policy's normalised space that the policy was trained
+to produce (real dims, no padding). ``gaflow import-rollouts`` needs it to turn recorded episodes into critic data;
+sampling never calls it. A policy whose action transform depends on the observation (LeRobot's relative actions)
+uses the last batch it encoded, so call it right after ``encode`` of the matching observations.
+
 ``expand_context(context, n)`` repeats a context for ``n`` candidate chunks per observation
 (``repeat_interleave`` order: candidate ``j`` of observation ``i`` is row ``i * n + j``). A context that is a
 tensor or a (nested) dict/list/tuple of tensors is expanded generically; a policy whose context is something else

@@ -127,6 +127,7 @@ def _register() -> None:
         demo,
         demos,  # noqa: F401
         evaluate,
+        import_rollouts,  # noqa: F401
         libero,  # noqa: F401
         serve,  # noqa: F401
         train_policy,  # noqa: F401

@@ -64,6 +64,30 @@ class ChunkTable:
     def __len__(self) -> int:
         return self.chunk.shape[0]
 
+    @classmethod
+    def from_episode(cls, chunk: torch.Tensor, features: dict[str, torch.Tensor], step: torch.Tensor,
+                     executed: torch.Tensor, first_success_step: int | None, episode: dict) -> ChunkTable:
+        """One episode's rows, labelled from its first success (the one labelling rule of ``gaflow collect`` and
+        ``gaflow import-rollouts``; :meth:`concat` joins episodes).
+
+        ``chunk`` ``(n, H, action_dim)``, ``step``/``executed`` ``(n,)``: each chunk's start step and how many of
+        its steps ran; ``first_success_step``: env steps taken when success first fired (1-based), None if never.
+        ``steps_to_success`` = ``first_success_step − step`` (−1 if never), ``reward`` = 1 on the chunk whose
+        executed steps contain the first success, ``next_row`` links consecutive chunks.
+        """
+        step, executed = torch.as_tensor(step, dtype=torch.long), torch.as_tensor(executed, dtype=torch.long)
+        n = step.shape[0]
+        if first_success_step is None:
+            sts = torch.full((n,), -1, dtype=torch.long)
+            reward = torch.zeros(n, dtype=torch.long)
+        else:
+            sts = first_success_step - step
+            reward = ((step < first_success_step) & (step + executed >= first_success_step)).long()
+        return cls(chunk=chunk, features=features, episode=torch.zeros(n, dtype=torch.long), step=step,
+                   executed=executed, next_row=torch.where(torch.arange(n) < n - 1, torch.arange(n) + 1, -1),
+                   success=torch.full((n,), int(first_success_step is not None), dtype=torch.long),
+                   steps_to_success=sts, reward=reward, episodes=[episode])
+
     def nonfinite_fields(self) -> list[str]:
         """Names of the float columns (``chunk``, ``feature.<key>``) holding NaN or inf."""
         cols = {"chunk": self.chunk, **{f"feature.{k}": v for k, v in self.features.items()}}

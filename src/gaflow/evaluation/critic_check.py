@@ -104,6 +104,11 @@ def critic_report_with_strength(critic_dir: Path, collect_dir: Path, out: Path, 
     guidance config are given."""
     measure = None
     if policy_spec is not None and guidance_cfg is not None:
+        if (collect_dir / "import.json").exists() and not (collect_dir / "collect.json").exists():
+            raise ValueError(f"{collect_dir} was written by `gaflow import-rollouts`: the guidance-strength check "
+                             "(--policy) rebuilds observations from `gaflow collect`'s episode files; run "
+                             "critic-report on it without --policy")
+
         def measure(rows):
             return measure_strength(policy_spec, critic_dir, collect_dir, guidance_cfg, rows, max_states)
     return critic_report(critic_dir, collect_dir, out, measure, guidance_cfg, same_data=same_data)

@@ -39,3 +39,10 @@ class ToyReachPolicy:
 
     def decode_actions(self, chunk: torch.Tensor) -> torch.Tensor:
         return chunk[..., :2].clamp(-1.0, 1.0)
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        # the chunk space is the env's: decode only drops padding and clips, which recorded actions already are
+        actions = torch.as_tensor(actions, dtype=torch.float32)
+        if actions.shape[-1] != self.spec.action_dim:
+            raise ValueError(f"toy-reach actions have {self.spec.action_dim} dims, got {tuple(actions.shape)}")
+        return actions.clone()

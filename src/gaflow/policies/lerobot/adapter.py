@@ -104,6 +104,11 @@ class LeRobotFlowPolicy:
         """Family-specific edits LeRobot applies to cropped actions before the postprocessor."""
         return actions
 
+    def _training_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Family-specific edits LeRobot's ``forward`` applies to preprocessed action targets (the inverse of
+        :meth:`_finish_actions`)."""
+        return actions
+
     # ------------------------------------------------------------------ protocol
     @property
     def device(self) -> torch.device:
@@ -148,6 +153,33 @@ class LeRobotFlowPolicy:
     def decode_actions(self, chunk: torch.Tensor) -> torch.Tensor:
         actions = self._finish_actions(chunk[..., : self.action_dim].detach().clone())
         return self.postprocessor(actions)
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`decode_actions`: recorded actions ``(B, H, action_dim)`` → the normalised chunk
+        LeRobot trains the policy on, through the preprocessor's own action steps in order (relative to the state
+        of the last preprocessed batch when the policy uses relative actions, then normalised) and the family's
+        edits to training targets (SmolVLA's ``adapt_to_pi_aloha``)."""
+        from lerobot.processor import (
+            NormalizerProcessorStep,
+            RelativeActionsProcessorStep,
+            TransitionKey,
+            create_transition,
+        )
+
+        x = torch.as_tensor(actions, dtype=torch.float32)
+        if x.dim() != 3 or x.shape[-1] != self.action_dim:
+            raise ValueError(f"actions must be (B, H, {self.action_dim}); got {tuple(x.shape)}")
+        x = x.to(self.device)
+        for step in getattr(self.preprocessor, "steps", []):
+            if isinstance(step, RelativeActionsProcessorStep) and step.enabled:
+                state = step.get_cached_state()
+                if state is None:
+                    raise ValueError("this policy uses relative actions: encode the observations before "
+                                     "normalize_actions (their state is the reference)")
+                x = step(create_transition(observation={OBS_STATE: state}, action=x))[TransitionKey.ACTION]
+            elif isinstance(step, NormalizerProcessorStep):
+                x = step(create_transition(action=x))[TransitionKey.ACTION]
+        return self._training_actions(x)
 
     def expand_context(self, context: LeRobotContext, n: int) -> LeRobotContext:
         if n == 1:

@@ -66,3 +66,8 @@ class SmolVLAFlowPolicy(LeRobotFlowPolicy):
         if self.config.adapt_to_pi_aloha:
             actions = self.policy._pi_aloha_encode_actions(actions)  # noqa: SLF001
         return actions
+
+    def _training_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        if self.config.adapt_to_pi_aloha:  # as SmolVLAPolicy.forward does to batch["action"]
+            actions = self.policy._pi_aloha_encode_actions_inv(actions.clone())  # noqa: SLF001
+        return actions
