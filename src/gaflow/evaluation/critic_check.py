@@ -15,11 +15,12 @@ import torch
 from gaflow.critic.data import ChunkTable
 from gaflow.critic.report import DOMINANT_RATIO, NEGLIGIBLE_RATIO, critic_report
 
+from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
+
 # Under a relative strength the raw ratio ‖g‖/‖v‖ says how far the rescale amplifies the critic's pull. A median
 # of 0.0057 (×35 at ρ = 0.2) guided push-wall to +16 points (BENCHMARKS §12), so small is not noise by itself;
 # below 1e-3 (×200 and more) the check warns.
 RAW_NEGLIGIBLE_RATIO = 1e-3
-from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
 
 def observations_at(collect_dir: Path, table: ChunkTable, rows: torch.Tensor) -> list[dict]:
