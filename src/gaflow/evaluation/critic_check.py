@@ -14,7 +14,6 @@ import torch
 
 from gaflow.critic.data import ChunkTable
 from gaflow.critic.report import DOMINANT_RATIO, NEGLIGIBLE_RATIO, critic_report
-
 from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
 # Under a relative strength the raw ratio ‖g‖/‖v‖ says how far the rescale amplifies the critic's pull. A median
