@@ -30,6 +30,7 @@ from gaflow.evaluation.stats import (
     paired_bootstrap_ci,
     wilson_interval,
 )
+from gaflow.guidance.presets import preset_guidance
 from gaflow.io import atomic_write_json, job_folder
 from gaflow.runtime import RuntimeSpec, run_episode
 from gaflow.runtime.build import release, runtime_and_env
@@ -45,7 +46,9 @@ class Arm:
 
 
 def standard_arms(guided: dict | None, names: list[str]) -> list[Arm]:
-    """Arms by name: unguided, guided, zero, random, best-of-N, guided+best-of-N."""
+    """Arms by name: unguided, guided, zero, random, best-of-N, guided+best-of-N, and ``preset:<name>`` — the
+    guided config with its objectives replaced by a named preset (:mod:`gaflow.guidance.presets`: ``gentle``,
+    ``fast``), so behaviour presets run on the same episodes as the critic alone."""
     arms = []
     for name in names:
         if name == "unguided":
@@ -61,8 +64,11 @@ def standard_arms(guided: dict | None, names: list[str]) -> list[Arm]:
             arms.append(Arm(name, {"estimator": "none"}, int(name.rsplit("-", 1)[1]), "best"))
         elif name.startswith("guided+best-of-"):
             arms.append(Arm(name, dict(guided), int(name.rsplit("-", 1)[1]), "best"))
+        elif name.startswith("preset:"):
+            arms.append(Arm(name, preset_guidance(name.removeprefix("preset:"), guided)))
         else:
-            raise ValueError(f"unknown arm {name!r}: unguided, guided, zero, random, best-of-N, guided+best-of-N")
+            raise ValueError(f"unknown arm {name!r}: unguided, guided, zero, random, best-of-N, guided+best-of-N, "
+                             "preset:<name>")
     if not arms or arms[0].name != "unguided":
         raise ValueError("the first arm must be 'unguided' (the paired baseline)")
     return arms
