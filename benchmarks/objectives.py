@@ -3,13 +3,16 @@
     # paired episodes: every arm runs the same (task, seed) episodes with the same initial flow noise
     python benchmarks/objectives.py episodes --critic CRITIC --task hand-insert --seeds 20000-20029 \\
         --zone '{"type": "sphere", "center": [0.0, 0.68, 0.15], "radius": 0.05}' --out runs/obj_val.json
+    # the locked test split: the critic-only config of a `gaflow sweep` lock, the presets as shipped, and the read
+    # recorded in the test ledger (test seeds are refused without --locked)
+    python benchmarks/objectives.py episodes --locked SWEEP/locked.json --seeds 30100-30139 --zone '...' --out ...
     python benchmarks/objectives.py table runs/obj_val.json          # markdown tables with paired statistics
     python benchmarks/objectives.py latency --critic CRITIC --task hand-insert --zone '...'   # ms per chunk
 
 Arms (``--arms``, comma-separated, unguided first): ``unguided``; ``critic`` (relative strength ρ, the critic
 alone); ``gentle`` / ``fast`` (the named presets on the same ρ); ``keep_out`` (critic + soft keep-out term),
 ``keep_out+project`` (the same, with the hard projection) and ``project`` (unguided sampling, projection only).
-``--weights`` overrides preset / keep-out weights for tuning on validation seeds, e.g.
+``--weights`` overrides preset / keep-out weights for tuning on validation seeds (refused with ``--locked``), e.g.
 ``'{"smoothness": 2.0, "effort": 0.5, "keep_out": 3000}'``.
 
 Per episode and arm (env units, what the env executed): success, length, mean ‖Δ³a‖ (jerk of the executed action
@@ -29,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gaflow.evaluation.ledger import finish_read, record_read, test_seeds_of
 from gaflow.evaluation.splits import resolve_seeds
 from gaflow.evaluation.stats import mcnemar_exact, wilson_interval
+from gaflow.evaluation.sweep import load_locked, lock_critic
 from gaflow.guidance import preset_guidance
 from gaflow.guidance.terms_space import parse_zone
 from gaflow.io import atomic_write_json
@@ -42,8 +47,8 @@ RHO = 0.3  # the relative strength validation-tuned for hand-insert in BENCHMARK
 ARMS = ("unguided", "critic", "gentle", "fast", "keep_out", "keep_out+project", "project")
 
 
-def arm_configs(names: list[str], zone: dict | None, rho: float, weights: dict) -> dict[str, dict | None]:
-    base = {"relative": rho}
+def arm_configs(names: list[str], zone: dict | None, base: dict, weights: dict) -> dict[str, dict | None]:
+    """Each arm's guidance config; ``base`` is the critic-only config (a lock's, or ``{"relative": ρ}``)."""
     out: dict[str, dict | None] = {}
     for name in names:
         if name == "unguided":
@@ -59,6 +64,8 @@ def arm_configs(names: list[str], zone: dict | None, rho: float, weights: dict) 
         elif name in ("keep_out", "keep_out+project", "project"):
             if zone is None:
                 raise SystemExit(f"arm {name!r} needs --zone")
+            # weight 3000 and a 1 cm margin: chosen on validation seeds 20100–20119 (30000 did no better: under a
+            # relative strength the step's size is fixed, and the term already takes all of it near the zone)
             term = {"name": "keep_out", "weight": float(weights.get("keep_out", 3000.0)), "zones": [zone],
                     "margin": float(weights.get("margin", 0.01)), "project": name != "keep_out"}
             if name == "project":
@@ -135,20 +142,33 @@ def run_seeds(spec_dict: dict, arms: dict, task: str, seeds: list[int], zone_spe
 
 
 def cmd_episodes(a) -> None:
-    seeds, split = resolve_seeds(a.seeds, purpose="tune")  # refuses test seeds: this script keeps no ledger
+    out = Path(a.out)
+    lock, base, critic = None, {"relative": a.rho}, a.critic
+    if a.locked:  # test seeds: the lock's critic-only config, and a read recorded in the test ledger
+        lock = load_locked(Path(a.locked))
+        base, critic = dict(lock["guidance"]), critic or lock_critic(lock, Path(a.locked))
+        if lock["binding"]["policy"] != a.policy or a.task not in lock["binding"]["tasks"]:
+            raise SystemExit(f"{a.locked} was tuned for {lock['binding']['policy']} on {lock['binding']['tasks']}")
+    if critic is None:
+        raise SystemExit("--critic is needed (or --locked, whose critic is used)")
+    seeds, split = resolve_seeds(a.seeds, purpose="evaluate" if lock else "tune")  # test seeds only with a lock
     zone = json.loads(a.zone) if a.zone else None
     if zone is not None:
         parse_zone(zone)
-    arms = arm_configs(a.arms.split(","), zone, a.rho, json.loads(a.weights))
-    spec = RuntimeSpec(policy=a.policy, critic=a.critic, noise_seed=a.noise_seed).to_dict()
-    out = Path(a.out)
+    arms = arm_configs(a.arms.split(","), zone, base, json.loads(a.weights))
+    if lock is not None and a.weights != "{}":
+        raise SystemExit("--weights is for tuning on validation seeds; a locked run uses the presets as shipped")
+    spec = RuntimeSpec(policy=a.policy, critic=critic, noise_seed=a.noise_seed).to_dict()
+    header = record_read(Path(f"{out}.read"), command="benchmarks/objectives.py", policy=a.policy, env="metaworld",
+                         seeds_by_task={a.task: seeds}, lock_hash=lock["hash"] if lock else None, critic=critic,
+                         force=a.force_reread)
     done = json.loads(out.read_text()) if out.exists() else {"records": []}
     if done.get("arms", arms) != arms or done.get("task", a.task) != a.task:
         raise SystemExit(f"{out} holds another experiment (arms or task differ); choose another --out")
     have = {r["seed"] for r in done["records"]}
     todo = [s for s in seeds if s not in have]
-    state = {"task": a.task, "split": split, "rho": a.rho, "zone": zone, "arms": arms, "policy": a.policy,
-             "critic": a.critic, "records": done["records"]}
+    state = {"task": a.task, "split": split, "base": base, "lock": lock["hash"] if lock else None, "zone": zone,
+             "arms": arms, "policy": a.policy, "critic": critic, "test_read": header, "records": done["records"]}
 
     def write(records):
         state["records"] = sorted(state["records"] + records, key=lambda r: r["seed"])
@@ -158,6 +178,9 @@ def cmd_episodes(a) -> None:
     jobs = [(spec, arms, a.task, [s], zone) for s in todo]
     run_jobs(make_executor(a.workers), run_seeds, jobs, label=f"objectives [{split}]", total=len(seeds),
              completed=len(seeds) - len(todo), on_result=write)
+    if header is not None and todo:
+        finish_read(header, {a.task: [r for r in state["records"] if r["seed"] in set(test_seeds_of("metaworld",
+                                                                                                      seeds))]})
     print(f"{len(state['records'])} episodes → {out}")
 
 
@@ -176,7 +199,8 @@ def cmd_table(a) -> None:
     n = len(recs)
     col = lambda arm, k: np.array([r["arms"][arm].get(k, np.nan) for r in recs], float)  # noqa: E731
     print(f"task {state['task']}, split {state['split']}, seeds {recs[0]['seed']}–{recs[-1]['seed']}, n = {n} "
-          f"per arm, ρ = {state['rho']}, zone {json.dumps(state['zone'])}\n")
+          f"per arm, critic-only config {json.dumps(state['base'])} (lock {state['lock']}), "
+          f"zone {json.dumps(state['zone'])}\n")
     print("| arm | success [95 % Wilson] | vs unguided f→s / s→f, p | vs critic f→s / s→f, p | jerk ‖Δ³a‖ "
           "| Δ jerk vs unguided [95 % CI] | ‖Δ²a‖ | hand speed mm/step | zone steps (episodes) | Δ violations "
           "vs unguided | predicted before → after | ms/chunk |")
@@ -259,7 +283,9 @@ def main() -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("episodes")
     e.add_argument("--policy", default="compact:builtin")
-    e.add_argument("--critic", required=True)
+    e.add_argument("--critic", default=None, help="critic folder (default: the lock's)")
+    e.add_argument("--locked", default=None, help="locked.json of `gaflow sweep`: required for test seeds")
+    e.add_argument("--force-reread", action="store_true", help="read test episodes an earlier run already read")
     e.add_argument("--task", default="hand-insert")
     e.add_argument("--seeds", default="validation:30")
     e.add_argument("--arms", default=",".join(ARMS))
