@@ -572,7 +572,7 @@ BAD_OBJECTIVES = [
     ([], "objectives must be a non-empty list"),
     (["critic"], r"objectives\[0\] must be a dict with a 'name'"),
     ([{"weight": 1.0}], r"objectives\[0\] must be a dict with a 'name'"),
-    ([{"name": "critic"}, {"name": "smoothness"}], r"objectives\[1\] \('smoothness'\): unknown objective term"),
+    ([{"name": "critic"}, {"name": "wobble"}], r"objectives\[1\] \('wobble'\): unknown objective term"),
     ([{"name": "critic", "weight": float("nan")}], r"objectives\[0\] \('critic'\): weight must be finite"),
     ([{"name": "critic", "weight": -1.0}], r"objectives\[0\] \('critic'\): weight must be >= 0"),
     ([{"name": "critic", "weight": "1"}], r"objectives\[0\] \('critic'\): weight must be a number"),

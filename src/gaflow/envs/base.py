@@ -10,6 +10,11 @@ them to LeRobot's feature dict (:meth:`EnvInfo.lerobot_features`). The observati
 ...                observation=(Feature("observation.state", "float32", (4,)),))
 >>> info.lerobot_features()["action"]
 {'dtype': 'float32', 'shape': (2,), 'names': None}
+
+An env whose actions move an end effector by position deltas also states its :class:`ActionPath` (how a chunk of
+actions maps to a predicted end-effector path, in env units), which the objective terms ``keep_out`` and
+``speed`` and the hard-constraint projection read; an env without one (``action_path=None``) makes those terms
+fail with a message naming the env.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from gaflow.observations import ACTION_KEY, TASK_KEY
 
@@ -67,13 +73,78 @@ class Feature:
 
 
 @dataclass(frozen=True)
+class ActionPath:
+    """An env's action-to-path map: where a chunk of actions takes the end effector, differentiably.
+
+    The env applies ``clip(action, action_low, action_high)`` and moves the end effector by ``step_scale[i]`` env
+    units per unit of action entry ``action_dims[i]``, so after step ``k`` of a chunk (``k = 1..H``)::
+
+        path[k] = position + Σ_{j ≤ k} step_scale · clip(action[j, action_dims])
+
+    ``position`` is the current end-effector position, read from the observation by :meth:`position`
+    (``obs[position_key][position_index]``). For a mocap-driven arm (MetaWorld) this is the path of the hand's
+    target — the hand follows it with a small lag; for an operational-space controller (LIBERO) each step's delta
+    is a set-point the controller approaches, so the map is an approximation. ``units``: what the coordinates are
+    measured in (keep-out zones are given in them).
+
+    >>> path = ActionPath("observation.state", (0, 1), (0, 1), (0.5, 0.5))
+    >>> path.predict(torch.zeros(1, 2), torch.tensor([[[1.0, 0.0], [4.0, 2.0]]])).tolist()  # 4.0 is clipped to 1
+    [[[0.5, 0.0], [1.0, 0.5]]]
+    """
+
+    position_key: str
+    position_index: tuple[int, ...]
+    action_dims: tuple[int, ...]
+    step_scale: tuple[float, ...]
+    action_low: float = -1.0
+    action_high: float = 1.0
+    units: str = "m"
+
+    def __post_init__(self) -> None:
+        for name in ("position_index", "action_dims", "step_scale"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        n = len(self.position_index)
+        if n == 0 or len(self.action_dims) != n or len(self.step_scale) != n:
+            raise ValueError(f"ActionPath: position_index, action_dims and step_scale must have the same non-zero "
+                             f"length, got {self.position_index}, {self.action_dims}, {self.step_scale}")
+        if not all(np.isfinite(s) and s > 0 for s in self.step_scale):
+            raise ValueError(f"ActionPath: step_scale must be positive and finite, got {self.step_scale}")
+        if not self.action_low <= 0.0 <= self.action_high:
+            # the hard-constraint projection shortens a step towards the zero action, which must be allowed
+            raise ValueError(f"ActionPath: the action range [{self.action_low}, {self.action_high}] must contain 0")
+
+    @property
+    def dim(self) -> int:
+        """Number of path coordinates."""
+        return len(self.position_index)
+
+    def position(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """The current end-effector position ``(dim,)`` in an observation dict, float64."""
+        if self.position_key not in obs:
+            raise KeyError(f"the observation has no {self.position_key!r} (the end-effector position of this env's "
+                           f"ActionPath); it has {sorted(obs)}")
+        return np.asarray(obs[self.position_key], dtype=np.float64).reshape(-1)[list(self.position_index)]
+
+    def steps(self, actions: torch.Tensor) -> torch.Tensor:
+        """Per-step displacements ``(B, H, dim)`` of actions ``(B, H, action_dim)`` in env units."""
+        a = actions[..., list(self.action_dims)].clamp(self.action_low, self.action_high)
+        return a * torch.tensor(self.step_scale, dtype=a.dtype, device=a.device)
+
+    def predict(self, position: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Predicted positions ``(B, H, dim)`` after each action: ``position`` ``(B, dim)`` plus the cumulative
+        sum of :meth:`steps` (differentiable w.r.t. ``actions``, except where the env's clip is active)."""
+        return position.to(actions.dtype).unsqueeze(1) + self.steps(actions).cumsum(1)
+
+
+@dataclass(frozen=True)
 class EnvInfo:
     """What one env (with given options) emits: see the module docstring.
 
     ``env``: the env's kind as ``make_env`` names it (``"metaworld"``, ``"libero:libero_spatial"``, ``"toy"``);
     ``fps``: its control rate in Hz, the fps of every dataset recorded from it; ``observation``: the arrays of its
     observation dict in the order the env builds it (the dict also holds ``"task"``, the instruction string);
-    ``robot_type``: LeRobot's ``robot_type`` of its datasets.
+    ``robot_type``: LeRobot's ``robot_type`` of its datasets; ``action_path``: the env's action-to-path map
+    (:class:`ActionPath`), ``None`` when its actions are not end-effector position deltas.
     """
 
     env: str
@@ -81,6 +152,7 @@ class EnvInfo:
     action: Feature
     observation: tuple[Feature, ...]
     robot_type: str | None = None
+    action_path: ActionPath | None = None
 
     def __post_init__(self) -> None:
         if int(self.fps) <= 0:
@@ -92,6 +164,15 @@ class EnvInfo:
             raise ValueError(f"EnvInfo({self.env!r}): observation keys must be unique and not "
                              f"{ACTION_KEY!r}/{TASK_KEY!r}, got {keys}")
         object.__setattr__(self, "observation", tuple(self.observation))
+        path = self.action_path
+        if path is not None:
+            if any(not 0 <= i < self.action_dim for i in path.action_dims):
+                raise ValueError(f"EnvInfo({self.env!r}): action_path.action_dims {path.action_dims} outside the "
+                                 f"{self.action_dim}-d action")
+            pos = self.feature(path.position_key)
+            if len(pos.shape) != 1 or any(not 0 <= i < pos.shape[0] for i in path.position_index):
+                raise ValueError(f"EnvInfo({self.env!r}): action_path.position_index {path.position_index} outside "
+                                 f"{path.position_key!r} of shape {pos.shape}")
 
     @property
     def action_dim(self) -> int:
@@ -117,7 +198,8 @@ class EnvInfo:
         wanted = list(keys)
         for k in wanted:
             self.feature(k)  # raises, naming the key
-        return replace(self, observation=tuple(f for f in self.observation if f.key in wanted))
+        path = self.action_path if self.action_path is not None and self.action_path.position_key in wanted else None
+        return replace(self, observation=tuple(f for f in self.observation if f.key in wanted), action_path=path)
 
     def without_images(self) -> EnvInfo:
         return self.select(f.key for f in self.observation if not f.is_image)
@@ -150,4 +232,4 @@ def check_env_options(env_class: type, options: Mapping[str, Any], where: str) -
         raise TypeError(f"{where}: unknown env option(s) {unknown}; {env_class.__name__} takes {sorted(accepted)}")
 
 
-__all__ = ["EnvInfo", "Feature", "check_env_options"]
+__all__ = ["ActionPath", "EnvInfo", "Feature", "check_env_options"]

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from gaflow.envs.base import EnvInfo, Feature, check_env_options
+from gaflow.envs.base import ActionPath, EnvInfo, Feature, check_env_options
 from gaflow.observations import ENV_STATE_KEY, STATE_KEY, TASK_KEY
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -74,6 +74,9 @@ DEFAULT_IMAGE_SIZE = 128
 STATE_NAMES = ("eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y", "eef_axis_angle_z",
                "gripper_qpos_left", "gripper_qpos_right")
 ACTION_NAMES = ("dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper")
+# robosuite OSC_POSE scales the xyz action (clipped to [−1, 1]) to a 5 cm position set-point offset per step; the
+# controller approaches it within the step, so "eef + 5 cm × cumulative sum" is an approximate (upper-bound) path.
+ACTION_PATH = ActionPath(STATE_KEY, (0, 1, 2), (0, 1, 2), (0.05, 0.05, 0.05), -1.0, 1.0, "m")
 # LeRobot's LIBERO no-op: hold still with the gripper open.
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)
 
@@ -183,6 +186,7 @@ def env_info(suite: str = "libero_spatial", task_id: int | None = None, *, camer
                      Feature(ENV_STATE_KEY, "float32", (int(environment_state_dim),)),
                      *images),
         robot_type="panda",
+        action_path=ACTION_PATH,
     )
 
 
@@ -250,6 +254,7 @@ class LiberoEnv:
             raise ValueError(f"settle_steps must be >= 0, got {settle_steps}")
         self.settle_steps = int(settle_steps)
         self.language = self.task.language
+        self.action_path = ACTION_PATH  # approximate eef path of a chunk (objective terms, projection)
         self._init_states = init_states(suite, self.task_id)
 
         from libero.libero.envs.env_wrapper import ControlEnv

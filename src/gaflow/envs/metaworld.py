@@ -12,7 +12,8 @@ Paired evaluation (same episode, different guidance) relies on this; ``tests/tes
 across processes.
 
 Control: 4-d actions in [−1, 1] (hand xyz displacement ×1 cm, gripper effort), ``frame_skip`` 5 × 2.5 ms =
-12.5 ms per step, i.e. :data:`CONTROL_FPS` = 80 Hz. ``observation.state`` is the hand position (3) and the
+12.5 ms per step, i.e. :data:`CONTROL_FPS` = 80 Hz; :data:`ACTION_PATH` states that map (hand target = hand
+position + 1 cm × cumulative sum of the clipped xyz actions). ``observation.state`` is the hand position (3) and the
 gripper opening (1, 0 closed … 1 open); ``observation.environment_state`` is MetaWorld's 39-d vector (hand,
 gripper, object poses, the previous frame of both, goal position). :func:`env_info` describes all of this
 without building a simulator. MetaWorld's scripted expert is :mod:`gaflow.experts.metaworld`.
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from gaflow.envs.base import EnvInfo, Feature, check_env_options
+from gaflow.envs.base import ActionPath, EnvInfo, Feature, check_env_options
 from gaflow.envs.render import configure_gl_backend, import_mujoco
 from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY, TASK_KEY
 
@@ -39,6 +40,9 @@ STATE_DIM = 4  # hand xyz + gripper opening = environment_state[:4]
 ENV_STATE_DIM = 39  # MetaWorld's observation vector (goal-observable)
 ACTION_DIM = 4
 DEFAULT_IMAGE_SIZE = 84
+# MetaWorld's set_xyz_action: clip the action to [−1, 1] and move the hand's mocap target by action·action_scale
+# (1/100 m) per step; the hand follows the target through a weld constraint (a lag of a few mm while moving).
+ACTION_PATH = ActionPath(STATE_KEY, (0, 1, 2), (0, 1, 2), (0.01, 0.01, 0.01), -1.0, 1.0, "m")
 
 # Default camera. MetaWorld's "corner4" (the view LeRobot's MetaWorld env and TD-MPC2 use: their "corner2" moved
 # to corner4's position) looks at the table from the front-right, close enough that the puck, the goal marker and
@@ -152,6 +156,7 @@ def env_info(task: str | None = None, *, image_size: int = DEFAULT_IMAGE_SIZE, c
                      Feature(STATE_KEY, "float32", (STATE_DIM,), ("hand_x", "hand_y", "hand_z", "gripper")),
                      Feature(ENV_STATE_KEY, "float32", (ENV_STATE_DIM,))),
         robot_type="sawyer",
+        action_path=ACTION_PATH,
     )
 
 
@@ -204,6 +209,7 @@ class MetaWorldEnv:
         self.terminate_on_success = bool(terminate_on_success)
         self.fast_render = bool(fast_render)
         self.fps = CONTROL_FPS
+        self.action_path = ACTION_PATH  # the hand's target path of a chunk (objective terms, projection)
 
         env = ALL_V3_ENVIRONMENTS[self.env_name]()  # render_mode=None: gymnasium never opens its own renderer
         # The goal-observable MT setting: goal position in obs[36:39] (MetaWorld's MT1/MT10/MT50 use it too).

@@ -12,17 +12,24 @@ import hashlib
 
 import numpy as np
 
-from gaflow.envs.base import EnvInfo, Feature
+from gaflow.envs.base import ActionPath, EnvInfo, Feature
 from gaflow.observations import ENV_STATE_KEY, STATE_KEY, TASK_KEY
 
 TOY_TASKS = {"toy-reach": "move the point to the goal", "toy-reach-far": "move the point to the distant goal"}
 # The toy has no physical time; a dataset still needs a rate for its timestamps (any positive one works).
 CONTROL_FPS = 10
 STATE_NAMES = ("x", "y", "goal_x", "goal_y")
+DEFAULT_STEP_SIZE = 0.12
+
+
+def action_path(step_size: float = DEFAULT_STEP_SIZE) -> ActionPath:
+    """The point moves by ``step_size·clip(action, −1, 1)`` per step; its position is ``observation.state[:2]``."""
+    return ActionPath(STATE_KEY, (0, 1), (0, 1), (float(step_size),) * 2, -1.0, 1.0, "units")
 
 
 def env_info(task: str | None = None, **env_options) -> EnvInfo:
-    """What :class:`ToyReachEnv` emits (the same for every task and option; ``task`` is only checked)."""
+    """What :class:`ToyReachEnv` emits (the same for every task and option but ``step_size``, which scales its
+    action path; ``task`` is only checked)."""
     if task is not None and task not in TOY_TASKS:
         raise ValueError(f"unknown toy task {task!r}; choose one of {sorted(TOY_TASKS)}")
     return EnvInfo(
@@ -31,17 +38,20 @@ def env_info(task: str | None = None, **env_options) -> EnvInfo:
         action=Feature("action", "float32", (ToyReachEnv.action_dim,), ("dx", "dy")),
         observation=(Feature(STATE_KEY, "float32", (4,), STATE_NAMES),
                      Feature(ENV_STATE_KEY, "float32", (4,), STATE_NAMES)),
+        action_path=action_path(env_options.get("step_size", DEFAULT_STEP_SIZE)),
     )
 
 
 class ToyReachEnv:
     action_dim = 2
 
-    def __init__(self, task: str = "toy-reach", max_steps: int = 24, step_size: float = 0.12, tolerance: float = 0.15):
+    def __init__(self, task: str = "toy-reach", max_steps: int = 24, step_size: float = DEFAULT_STEP_SIZE,
+                 tolerance: float = 0.15):
         if task not in TOY_TASKS:
             raise ValueError(f"unknown toy task {task!r}; choose one of {sorted(TOY_TASKS)}")
         self.task, self.max_steps, self.step_size, self.tolerance = task, max_steps, step_size, tolerance
         self.description = TOY_TASKS[task]
+        self.action_path = action_path(step_size)
         self.pos = self.goal = np.zeros(2)
         self.steps = 0
 

@@ -30,6 +30,7 @@ from gaflow.evaluation.stats import (
     paired_bootstrap_ci,
     wilson_interval,
 )
+from gaflow.guidance.presets import preset_guidance
 from gaflow.io import atomic_write_json, job_folder
 from gaflow.runtime import RuntimeSpec, run_episode
 from gaflow.runtime.build import release, runtime_and_env
@@ -53,7 +54,9 @@ class Arm:
 
 def standard_arms(guided: dict | None, names: list[str], per_task: dict[str, dict | None] | None = None,
                   from_lock: bool = False) -> list[Arm]:
-    """Arms by name: unguided, guided, zero, random, best-of-N, guided+best-of-N.
+    """Arms by name: unguided, guided, zero, random, best-of-N, guided+best-of-N, and ``preset:<name>`` — the
+    guided config with its objectives replaced by a named preset (:mod:`gaflow.guidance.presets`: ``gentle``,
+    ``fast``), so behaviour presets run on the same episodes as the critic alone.
 
     ``per_task`` (from a lock): the config each task runs in the guided arms, ``None`` where the lock chose
     unguided for that task; ``from_lock``: a lock may choose unguided everywhere (``guided`` None) — the guided
@@ -79,8 +82,13 @@ def standard_arms(guided: dict | None, names: list[str], per_task: dict[str, dic
         elif name.startswith("guided+best-of-"):
             arms.append(Arm(name, dict(guided) if guided else None, int(name.rsplit("-", 1)[1]), "best",
                             per_task=tasks))
+        elif name.startswith("preset:"):
+            if guided is None:
+                raise ValueError(f"arm {name!r} needs a guidance config to build its preset on")
+            arms.append(Arm(name, preset_guidance(name.removeprefix("preset:"), guided)))
         else:
-            raise ValueError(f"unknown arm {name!r}: unguided, guided, zero, random, best-of-N, guided+best-of-N")
+            raise ValueError(f"unknown arm {name!r}: unguided, guided, zero, random, best-of-N, guided+best-of-N, "
+                             "preset:<name>")
     if not arms or arms[0].name != "unguided":
         raise ValueError("the first arm must be 'unguided' (the paired baseline)")
     return arms
@@ -165,6 +173,9 @@ def _mean_diag(diags: list[dict]) -> dict:
     for key in ("ratio_by_step", "gate_by_step"):
         arr = np.array([d[key] for d in diags if key in d], dtype=float)
         out[key] = [_finite_mean(col) for col in arr.T] if arr.size and np.isfinite(arr).any() else []
+    extra = sorted({k for d in diags for k in d if k.startswith(("term_", "keep_out_violations_"))})
+    for key in extra:  # per objective term (value, gradient norm, share) and projection reports, when present
+        out[key] = _finite_mean([d.get(key) for d in diags])
     out["nonfinite"] = int(sum(d.get("nonfinite", 0) for d in diags))
     out["fallback"] = int(sum(d.get("fallback", 0) for d in diags))
     return out

@@ -205,7 +205,9 @@ class Guidance:
             diag.record(step.step, [g_norm, applied_norm, applied_norm / v_norm,
                                     torch.ones_like(g_norm) if gate is None else gate, q_mean, q_std, cos,
                                     g_norm / v_norm],
-                        {name: [val.terms[name], per_sample_norm(share)] for name, share in val.term_grads.items()})
+                        {name: [val.terms[name], per_sample_norm(share),  # share of g: ⟨w·∇term, g⟩ / ‖g‖²
+                                (share * g).flatten(1).sum(1) / (g_norm * g_norm).clamp_min(EPS)]
+                         for name, share in val.term_grads.items()})
             diag.nonfinite += int((~ok).sum())
             if fell_back is not None:
                 diag.fallback += int((fell_back & ok).sum())

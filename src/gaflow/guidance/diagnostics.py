@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 FIELDS = ("raw_grad_norm", "applied_norm", "ratio", "gate", "q_mean", "q_std", "cosine", "raw_ratio")
-TERM_FIELDS = ("value", "grad_norm")
+TERM_FIELDS = ("value", "grad_norm", "share")
 
 
 @dataclass
@@ -20,8 +20,12 @@ class GuidanceDiagnostics:
     ‖g‖/‖v‖ *before* the strength rescale — under a relative strength ``ratio`` is ρ by construction, so the
     strength check (is the critic's pull negligible or overwhelming?) reads ``raw_ratio``.
 
-    ``terms[name]`` is ``(len(TERM_FIELDS), num_steps, B)`` per objective term: its own (unweighted) value and the
-    norm of its weighted share ``w·∇term`` of g (w.r.t. the chunk the term read).
+    ``terms[name]`` is ``(len(TERM_FIELDS), num_steps, B)`` per objective term: its own (unweighted) value, the
+    norm of its weighted share ``w·∇term`` of g (w.r.t. the chunk the term read), and its share of the applied
+    guidance ``⟨w·∇term, g⟩ / ‖g‖²`` — the terms' shares sum to 1, and strength, gate and schedule scale every
+    term alike, so this is also each term's share of the applied ``Δv`` (except under the ``random`` control). Exact
+    for the J = I estimators (``clean_estimate``, ``noisy_point``), where g is the sum of the shares; under
+    ``clean_jacobian`` / ``bptt`` g is taken w.r.t. ``x_t`` and the shares are an approximation.
     """
 
     data: torch.Tensor  # (len(FIELDS), num_steps, B)

@@ -60,18 +60,21 @@ TermFactory = Callable[..., ObjectiveTerm]  # factory(inputs: TermInputs, **para
 class TermSpec:
     factory: TermFactory
     needs_critic: bool
+    check: Callable[..., Any] | None = None  # check(**params) raises ValueError on bad values (config time)
 
 
 TERMS: dict[str, TermSpec] = {}
 
 
-def register_term(name: str, factory: TermFactory, *, needs_critic: bool = False, replace: bool = False) -> None:
-    """Make ``name`` usable in ``GuidanceConfig.objectives``; ``factory(inputs, **params)`` builds the term."""
+def register_term(name: str, factory: TermFactory, *, needs_critic: bool = False, replace: bool = False,
+                  check: Callable[..., Any] | None = None) -> None:
+    """Make ``name`` usable in ``GuidanceConfig.objectives``; ``factory(inputs, **params)`` builds the term.
+    ``check(**params)``, when given, validates an entry's parameter values when the config is built."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"an objective term name must be a non-empty string, got {name!r}")
     if name in TERMS and not replace:
         raise ValueError(f"objective term {name!r} is already registered (pass replace=True to override it)")
-    TERMS[name] = TermSpec(factory, needs_critic)
+    TERMS[name] = TermSpec(factory, needs_critic, check)
 
 
 def check_objectives(entries: Any) -> list[dict[str, Any]]:
@@ -104,5 +107,10 @@ def check_objectives(entries: Any) -> list[dict[str, Any]]:
             inspect.signature(TERMS[name].factory).bind(None, **params)
         except TypeError as e:
             raise ValueError(f"{where}: bad parameters {sorted(params)} for this term: {e}") from e
+        if TERMS[name].check is not None:
+            try:
+                TERMS[name].check(**params)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: {e}") from e
         out.append(entry)
     return out

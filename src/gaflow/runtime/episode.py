@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gaflow.guidance.context import HISTORY, episode_context
 from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
 
 
@@ -66,8 +67,15 @@ def run_episode(env, runtime, *, seed: int, record: bool = True) -> EpisodeRecor
     obs = env.reset(seed)
     steps, first_success, done = 0, None, False
     chunks: list[ChunkRecord] = []
+    # Objective terms beyond the critic read the executed actions (policy space) and, where the env states its
+    # action path, the end-effector position (gaflow.guidance.context); critic-only guidance skips this.
+    wants_context = getattr(runtime, "wants_objective_context", False)
+    path, executed = getattr(env, "action_path", None), []
     while not done:
-        out = runtime.infer(obs, with_features=record)
+        if wants_context:
+            out = runtime.infer(obs, with_features=record, objective_context=episode_context(obs, path, executed))
+        else:
+            out = runtime.infer(obs, with_features=record)
         start = steps
         for action in out.actions[0][:n_action_steps]:
             obs, success, done, _info = env.step(action)
@@ -78,6 +86,8 @@ def run_episode(env, runtime, *, seed: int, record: bool = True) -> EpisodeRecor
                 done = True  # stop at the first success
             if done:
                 break
+        if wants_context:
+            executed = [*executed, *out.chunk[0, : steps - start, : runtime.policy.spec.action_dim]][-HISTORY:]
         if record:
             chunks.append(ChunkRecord(
                 index=len(chunks), env_step=start, executed=(start, steps), chunk=out.chunk[0].detach().clone(),
@@ -99,6 +109,7 @@ class RecordingEnv:
     def __init__(self, env, record_images: bool = True):
         self.env, self.record_images = env, record_images
         self.task = getattr(env, "task", "")
+        self.action_path = getattr(env, "action_path", None)  # the env's action-to-path map, if it states one
         self.frames: list[dict] = []
         self._obs = None
 

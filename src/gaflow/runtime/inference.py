@@ -18,6 +18,13 @@ execution.
 of an evaluation (unguided vs guided) start chunk ``k`` of episode ``seed`` from identical noise, and a row of a
 batch gets exactly the chunks it would get alone. Guidance controls draw from their own generators and never touch
 this stream. Without :meth:`start_episode`, rows draw from one stream seeded by ``noise_seed``.
+
+**Objectives and constraints.** When the guidance climbs terms other than the critic, ``infer`` passes them an
+objective context (:mod:`gaflow.guidance.context`): what the caller gives (``run_episode``: executed actions,
+end-effector position, the env's action path) plus the policy's decode as a per-dimension affine map, measured
+once per runtime. ``keep_out`` / ``bounds`` terms with ``"project": true`` are hard constraints: the selected
+chunk is projected onto their feasible set after sampling and before decoding
+(:class:`gaflow.guidance.Constraints`), and the violation counts before and after join each row's diagnostics.
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ import numpy as np
 import torch
 
 from gaflow.guidance.config import Guidance, GuidanceConfig
+from gaflow.guidance.constraints import Constraints
+from gaflow.guidance.context import ACTION_OFFSET, ACTION_SCALE, affine_decode
+from gaflow.guidance.terms import CRITIC
 from gaflow.observations import stack_observations
 from gaflow.sampler import SamplerConfig, SampleResult, sample_chunks
 
@@ -97,6 +107,11 @@ class GuidedRuntime:
         if _needs_critic(cfg, self.sampler.select) and critic is None:
             raise ValueError("this guidance config (or best-of-N selection) needs a critic: pass --critic")
         self.guidance = Guidance(critic, cfg) if cfg is not None else None
+        # Terms other than the critic get a context (module docstring); critic-only configs take no new path.
+        self.wants_objective_context = cfg is not None and any(e["name"] != CRITIC for e in cfg.objectives_)
+        self._decode_affine = (affine_decode(policy.decode_actions, policy.spec.action_dim, policy.spec.padded_dim)
+                               if self.wants_objective_context else None)
+        self._constraints = Constraints.from_objectives(cfg.objectives_) if cfg is not None else None
         self.noise_seed = int(noise_seed)
         chunk_len = policy.spec.chunk_len
         if n_action_steps is None:
@@ -111,6 +126,9 @@ class GuidedRuntime:
                 raise ValueError("hook mode needs a LeRobot policy (lerobot:<dir>); use mode='explicit'")
             if self.sampler.num_candidates != 1:
                 raise ValueError("hook mode samples one chunk per observation: num_candidates must be 1")
+            if self.wants_objective_context:
+                raise ValueError("hook mode guides with the critic term only; use mode='explicit' for other "
+                                 "objective terms and hard constraints")
             if self.guidance is not None:
                 from gaflow.runtime.lerobot_hook import LeRobotGuidanceHook
 
@@ -167,25 +185,32 @@ class GuidedRuntime:
 
     # ------------------------------------------------------------------ inference
     def infer(self, observations: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
-              noise: torch.Tensor | None = None, with_features: bool = True) -> Inference:
+              noise: torch.Tensor | None = None, with_features: bool = True,
+              objective_context: dict[str, Any] | None = None) -> Inference:
         """Actions for one env observation (a dict) or a list of them (stacked with
-        :func:`gaflow.observations.stack_observations`, the format the policy trained on)."""
+        :func:`gaflow.observations.stack_observations`, the format the policy trained on). ``objective_context``:
+        per-row inputs of the objective terms (:mod:`gaflow.guidance.context`)."""
         obs_list = [observations] if isinstance(observations, Mapping) else list(observations)
         return self.infer_batch(stack_observations(obs_list), len(obs_list), noise=noise,
-                                with_features=with_features)
+                                with_features=with_features, objective_context=objective_context)
 
     def infer_batch(self, batch: Any, batch_size: int, *, noise: torch.Tensor | None = None,
-                    with_features: bool = True) -> Inference:
+                    with_features: bool = True, objective_context: dict[str, Any] | None = None) -> Inference:
         """Actions for an observation batch already in the policy's input format (e.g. a LeRobot batch)."""
         t0 = time.perf_counter()
         noise = self._noise(batch_size) if noise is None else noise
         if self.mode == "hook":
             return self._infer_hook(batch, batch_size, noise, t0)
+        ctx = self._objective_context(objective_context, batch_size)
+        reports = None
         with torch.no_grad():
             context = self.policy.encode(batch)
             out = sample_chunks(self.policy, context=context, config=self.sampler, guidance=self.guidance,
-                                noise=noise)
-            actions = self.policy.decode_actions(out.chunk).cpu().numpy()  # (B, H, action_dim)
+                                noise=noise, objective_context=ctx)
+            chunk = out.chunk
+            if self._constraints is not None:  # after sampling, before decoding: the sampler stays one loop
+                chunk, reports = self._constraints.apply(chunk, ctx, self.policy.decode_actions)
+            actions = self.policy.decode_actions(chunk).cpu().numpy()  # (B, H, action_dim)
         latency = time.perf_counter() - t0
         feats = out.features
         if feats is None and with_features:
@@ -198,7 +223,17 @@ class GuidedRuntime:
             n = self.sampler.num_candidates
             diagnostics = [out.diagnostics.select(torch.arange(i * n, (i + 1) * n)).summary()
                            for i in range(batch_size)] if batch_size > 1 else [out.diagnostics.summary()]
-        return Inference(actions, out.chunk, feats or {}, values, diagnostics, latency, out)
+            for row, report in zip(diagnostics, reports or [], strict=False):
+                row.update(report)
+        return Inference(actions, chunk, feats or {}, values, diagnostics, latency, out)
+
+    def _objective_context(self, given: dict[str, Any] | None, batch_size: int) -> dict[str, Any] | None:
+        """The caller's context plus the policy's affine decode, ``(B, d)`` rows (when any term may read it)."""
+        if not self.wants_objective_context or self._decode_affine is None:
+            return given
+        scale, offset = self._decode_affine
+        return {ACTION_SCALE: scale.expand(batch_size, -1), ACTION_OFFSET: offset.expand(batch_size, -1),
+                **(given or {})}
 
     def _infer_hook(self, batch: Any, batch_size: int, noise: torch.Tensor, t0: float) -> Inference:
         """Hook mode: LeRobot's own ``predict_action_chunk``, guided through its RTC processor slot."""
