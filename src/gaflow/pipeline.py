@@ -23,6 +23,7 @@ from rich.rule import Rule
 from gaflow.envs.registry import parse_env_spec
 from gaflow.evaluation.splits import split_for_env
 from gaflow.io import job_folder
+from gaflow.runtime.executor import Executor
 
 
 @dataclass
@@ -70,7 +71,10 @@ class PipelineConfig:
 DEMO_NOISE_SEED = 1000  # LIBERO demonstrations: expert-noise seeds apart from the rollouts' (seed // 50 < 1000)
 
 
-def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None) -> dict:
+def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
+                 executor: Executor | None = None) -> dict:
+    """Run (or resume) the pipeline in ``run``; episode stages run on ``executor`` (default: ``cfg.workers`` local
+    processes; see :func:`gaflow.runtime.executor.make_executor`)."""
     console = console or Console()
     run = job_folder(run, cfg.to_dict(), "pipeline.json")
     t_start = time.perf_counter()
@@ -139,7 +143,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     ccfg = CollectConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks),
                          seeds=splits.seeds("critic", cfg.critic_episodes), max_steps=cfg.max_steps,
                          record_images=True)  # the critic report re-encodes recorded observations
-    summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True)
+    summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True, executor=executor)
     console.print(f"base-policy success on critic seeds: {summary['success_rate']:.1%} over {summary['episodes']} "
                   "episodes")
     timings["collect"] = time.perf_counter() - t0
@@ -165,7 +169,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     if not (sweep_dir / "locked.json").exists():
         ev = EvalConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks), seeds=val_seeds, split="validation",
                         critic=str(critic_dir), max_steps=cfg.max_steps)
-        res = run_sweep(ev, [{"relative": r} for r in cfg.grid], sweep_dir, workers=cfg.workers)
+        res = run_sweep(ev, [{"relative": r} for r in cfg.grid], sweep_dir, workers=cfg.workers, executor=executor)
         plot_sweep(sweep_dir, res["rows"], "relative strength ρ")
     locked = load_locked(sweep_dir / "locked.json")
     console.print(f"locked ρ = {locked['guidance']['relative']} (hash {locked['hash']})")
@@ -174,7 +178,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
     # 6. locked test evaluation
     t0 = stage("6/7 test evaluation", f"arms {cfg.arms}, {cfg.test_episodes} locked test seeds/task")
     metrics, report = locked_test(cfg, policy, critic_dir, list(cfg.tasks), list(cfg.arms), locked,
-                                  sweep_dir / "locked.json", run / "test", {"critic_auc": rep["auc"]})
+                                  sweep_dir / "locked.json", run / "test", {"critic_auc": rep["auc"]}, executor)
     timings["test"] = time.perf_counter() - t0
     result = {"metrics": metrics, "report": str(report), "timings_s": timings, "locked": locked}
 
@@ -190,7 +194,8 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None)
                       + ", ".join(f"{t} {a:.3f}" for t, a in unseen_auc.items()))
         h_metrics, h_report = locked_test(cfg, policy, h_dir, list(cfg.heldout_tasks), ["unguided", "guided"],
                                           locked, sweep_dir / "locked.json", run / "test_heldout",
-                                          {"critic_auc": unseen_auc, "critic_trained_without": cfg.heldout_tasks})
+                                          {"critic_auc": unseen_auc, "critic_trained_without": cfg.heldout_tasks},
+                                          executor)
         timings["heldout"] = time.perf_counter() - t0
         result["heldout"] = {"metrics": h_metrics, "report": str(h_report), "critic_auc_unseen": unseen_auc}
 
@@ -225,7 +230,7 @@ def critic_stage(cfg: PipelineConfig, run: Path, out: Path, policy: str, guidanc
 
 
 def locked_test(cfg: PipelineConfig, policy: str, critic_dir: Path, tasks: list[str], arms: list[str], locked: dict,
-                lock_path: Path, out: Path, extra_meta: dict) -> tuple[dict, Path]:
+                lock_path: Path, out: Path, extra_meta: dict, executor: Executor | None = None) -> tuple[dict, Path]:
     """Evaluate the locked guidance config on the test seeds (recording the test use on the lock) and report."""
     from gaflow.evaluation.report import write_eval_report
     from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
@@ -234,7 +239,7 @@ def locked_test(cfg: PipelineConfig, policy: str, critic_dir: Path, tasks: list[
     test_seeds = split_for_env(cfg.env).seeds("test", cfg.test_episodes)
     ev = EvalConfig(policy=policy, env=cfg.env, tasks=tasks, seeds=test_seeds, split="test",
                     arms=standard_arms(locked["guidance"], arms), critic=str(critic_dir), max_steps=cfg.max_steps)
-    records = run_eval(ev, out, workers=cfg.workers)
+    records = run_eval(ev, out, workers=cfg.workers, executor=executor)
     metrics = summarize(records, arms)
     lock_meta = record_test_use(lock_path, locked, out)
     meta = {"split": "test", "n_seeds": len(test_seeds), "seed_range": f"{test_seeds[0]}–{test_seeds[-1]}",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gaflow.cli import app, comma_list
+from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list
 
 
 @app.command()
@@ -24,10 +24,13 @@ def demo(
     critic_features: str = typer.Option(None, help="policy features the critic reads (comma-separated, e.g. "
                                         "observation,task,state,env_state)"),
     workers: int = typer.Option(None, help="worker processes"),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
 ) -> None:
     """Demonstrations → base policy → rollouts → critic → validation sweep → locked test evaluation → report."""
     from gaflow.experiments import preset as make_preset
     from gaflow.pipeline import run_pipeline
+    from gaflow.runtime.executor import make_executor
 
     def given(text: str | None) -> list[str] | None:  # None: keep the preset's value
         return None if text is None else comma_list(text)
@@ -40,4 +43,5 @@ def demo(
                       test_episodes=test_episodes, validation_episodes=validation_episodes,
                       critic_episodes=critic_episodes, workers=workers, grid=rhos,
                       critic_features=given(critic_features))
-    run_pipeline(cfg, out or Path("runs") / f"demo-{preset}")
+    run_pipeline(cfg, out or Path("runs") / f"demo-{preset}",
+                 executor=make_executor(cfg.workers, backend, ray_address))

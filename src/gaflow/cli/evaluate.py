@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from gaflow.cli import app, comma_list
+from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list
 
 
 def _grid(items: list[str]) -> dict[str, list]:
@@ -36,18 +36,21 @@ def sweep(
     num_steps: int = typer.Option(None),
     max_steps: int = typer.Option(None),
     workers: int = typer.Option(2),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
 ) -> None:
     """Tune guidance on VALIDATION seeds by a declared rule and lock the chosen config."""
     from gaflow.evaluation.report import plot_sweep, print_eval
     from gaflow.evaluation.runner import EvalConfig
     from gaflow.evaluation.splits import resolve_seeds, split_for_env
     from gaflow.evaluation.sweep import RULE, grid_configs, run_sweep
+    from gaflow.runtime.executor import make_executor
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env), purpose="tune")
     configs = grid_configs(json.loads(base.read_text()) if base else {}, _grid(grid))
     ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split, critic=str(critic),
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps)
-    res = run_sweep(ev, configs, out, workers=workers)
+    res = run_sweep(ev, configs, out, workers=workers, executor=make_executor(workers, backend, ray_address))
     print_eval(res["metrics"], f"sweep [{split}]")
     plot_sweep(out, res["rows"], "relative strength ρ" if configs[0].get("relative") is not None else "scale")
     lk = res["locked"]
@@ -74,12 +77,15 @@ def eval_cmd(
     max_steps: int = typer.Option(None),
     noise_seed: int = typer.Option(0),
     workers: int = typer.Option(2),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
 ) -> None:
     """Compare arms on the same (task, seed) episodes; per-task and pooled rates, CIs, McNemar, flips, latency."""
     from gaflow.evaluation.report import print_eval, write_eval_report
     from gaflow.evaluation.runner import EvalConfig, run_eval, standard_arms, summarize
     from gaflow.evaluation.splits import resolve_seeds, split_for_env
     from gaflow.evaluation.sweep import load_locked, record_test_use
+    from gaflow.runtime.executor import make_executor
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env))
     arm_names = comma_list(arms)
@@ -98,7 +104,7 @@ def eval_cmd(
     ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split,
                     arms=standard_arms(guided_cfg, arm_names), critic=str(critic) if critic else None,
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps, noise_seed=noise_seed)
-    records = run_eval(ev, out, workers=workers)
+    records = run_eval(ev, out, workers=workers, executor=make_executor(workers, backend, ray_address))
     metrics = summarize(records, arm_names)
     if lk is not None and split == "test":
         lock_meta = record_test_use(locked, lk, out)

@@ -9,7 +9,7 @@ from typing import Any
 
 from gaflow.runtime import GuidedRuntime, RuntimeSpec, run_episode
 from gaflow.runtime.build import release, runtime_and_env
-from gaflow.runtime.executor import chunked, make_executor, run_jobs, torch_threads
+from gaflow.runtime.executor import Executor, chunked, make_executor, run_jobs, torch_threads
 
 
 def _env_spec(camera: str | None) -> str:
@@ -33,9 +33,11 @@ def episode_summaries(spec_dict: dict, env: str, task: str, seeds: list[int], ma
 
 def evaluate_policy(policy_dir: str, tasks: list[str], seeds: list[int], *, n_action_steps: int | None = None,
                     num_steps: int | None = None, noise_seed: int = 0, camera: str | None = None,
-                    max_steps: int | None = None, workers: int = 1, progress: bool = True
-                    ) -> dict[str, list[dict[str, Any]]]:
+                    max_steps: int | None = None, workers: int = 1, progress: bool = True,
+                    executor: Executor | None = None) -> dict[str, list[dict[str, Any]]]:
     """Unguided success of a saved compact policy on MetaWorld ``tasks`` × ``seeds`` → per-task episode summaries."""
+    executor = executor or make_executor(workers)
+    workers = executor.workers
     spec = RuntimeSpec(policy=f"compact:{policy_dir}", num_steps=num_steps, noise_seed=noise_seed,
                        n_action_steps=n_action_steps)
     per_job = max(1, math.ceil(len(seeds) / max(1, workers * 2))) if workers > 1 else len(seeds)
@@ -49,7 +51,7 @@ def evaluate_policy(policy_dir: str, tasks: list[str], seeds: list[int], *, n_ac
         return ""
 
     try:
-        run_jobs(make_executor(workers), episode_summaries, jobs, label="eval-policy", total=len(tasks) * len(seeds),
+        run_jobs(executor, episode_summaries, jobs, label="eval-policy", total=len(tasks) * len(seeds),
                  progress=progress, on_result=take)
     finally:
         release()

@@ -17,6 +17,7 @@ from pathlib import Path
 from gaflow.evaluation.runner import Arm, EvalConfig, run_eval, summarize
 from gaflow.guidance import GuidanceConfig
 from gaflow.io import atomic_write_json, atomic_write_text
+from gaflow.runtime.executor import Executor
 
 RULE = "max-validation-success (ties: weaker strength)"
 
@@ -35,7 +36,8 @@ def strength_of(cfg: dict) -> float:
     return cfg["relative"] if cfg.get("relative") is not None else cfg["scale"]
 
 
-def run_sweep(base_eval: EvalConfig, configs: list[dict], out: Path, workers: int = 2, progress: bool = True) -> dict:
+def run_sweep(base_eval: EvalConfig, configs: list[dict], out: Path, workers: int = 2, progress: bool = True,
+              executor: Executor | None = None) -> dict:
     if base_eval.split == "test":
         from gaflow.evaluation.splits import SplitViolation
 
@@ -43,7 +45,7 @@ def run_sweep(base_eval: EvalConfig, configs: list[dict], out: Path, workers: in
     configs = [GuidanceConfig.from_dict(c).to_dict() for c in configs]  # validate and fill defaults
     arms = [Arm("unguided")] + [Arm(f"cfg{i}", c) for i, c in enumerate(configs)]
     ev = EvalConfig(**{**base_eval.__dict__, "arms": arms})
-    records = run_eval(ev, out, workers=workers, progress=progress)
+    records = run_eval(ev, out, workers=workers, progress=progress, executor=executor)
     names = [a.name for a in arms]
     metrics = summarize(records, names)
     rows = []
