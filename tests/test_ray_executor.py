@@ -181,10 +181,12 @@ def test_a_killed_driver_leaves_no_ray_work_and_resumes_to_the_uninterrupted_res
     assert _cpus_free_again(15)  # Ray dropped the dead driver's jobs: both CPUs are free
     assert count() == written < 120  # nothing is written without a driver
 
-    subprocess.run([*args, "--out", str(killed)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # re-run the same job (what the command builds: a different config would be refused by the job folder)
+    cfg = CollectConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=list(range(120)))
+    summary = collect(cfg, killed, progress=False, write_dataset=False, executor=RayExecutor())
+    assert summary["collected_now"] == 120 - written
     fresh = tmp_path / "fresh"
-    collect(CollectConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=list(range(120))), fresh,
-            workers=1, progress=False, write_dataset=False)
+    collect(cfg, fresh, workers=1, progress=False, write_dataset=False)
     lines = lambda p: [{k: v for k, v in json.loads(x).items() if k not in TIMING}  # noqa: E731
                        for x in (p / "episodes.jsonl").read_text().splitlines()]
     assert count() == 120
