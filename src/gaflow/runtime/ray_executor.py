@@ -110,6 +110,14 @@ def code_fingerprint() -> dict[str, str]:
     return out
 
 
+def _run_in(cwd: str, fn: Callable[..., Any], *job: Any) -> Any:
+    """Run a job from the driver's working directory where this node has it, so relative paths in a command
+    (``compact:runs/policy``, ``--critic runs/critic``) mean the same files as on the driver."""
+    if os.path.isdir(cwd) and os.getcwd() != cwd:
+        os.chdir(cwd)
+    return fn(*job)
+
+
 class RayExecutor:
     """Run episode jobs as Ray tasks (see the module docstring).
 
@@ -205,7 +213,9 @@ class RayExecutor:
         results stream back and are released as they are written, and a dead driver leaves little queued work.
         """
         ray = self.connect()
-        remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(fn)
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(_run_in).options(
+            name=getattr(fn, "__name__", "job"))
+        cwd = os.getcwd()
         todo = iter(jobs)
         pending: list = []
         window_at = 0.0
@@ -221,7 +231,7 @@ class RayExecutor:
                 job = next(todo, None)
                 if job is None:
                     return
-                pending.append(remote.remote(*job))
+                pending.append(remote.remote(cwd, fn, *job))
 
         try:
             refill()
