@@ -8,7 +8,8 @@ episodes/s vs Ray workers — every ratio measured in one run (BENCHMARKS §13).
    rendering every step (:func:`gaflow.envs.metaworld.measure_speed`, as many steps as the harness took), the
    rollout loop as it was (``run_episode``: the env renders every step), lockstep groups of one (renders only the
    observations the policy reads; must give the same chunks bit for bit) and of ``--batch`` (one batched policy
-   call per round: counted, how many episodes come out identical to their alone run).
+   call per round: counted, how many episodes come out identical to their alone run). Then the same with guidance
+   (ρ = 0.4, the critic of 2.).
 2. **Paired evaluation on 2 cores** (the locked test's four arms: unguided, guided, zero, random; a critic with the
    study's shape — 3 members, 256×256, observation/task/state features — randomly initialised, since only its
    cost matters here). The same episodes: on the process pool with the worker as it was (rendering every step),
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import statistics
 import tempfile
@@ -43,14 +43,17 @@ def load() -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- 1. harness
-def harness(task: str, seeds: list[int], batch: int, rounds: int, max_steps: int) -> dict:
+def harness(task: str, seeds: list[int], batch: int, rounds: int, max_steps: int, critic: Path | None = None
+            ) -> dict:
+    from gaflow.critic.train import load_critic
     from gaflow.envs.metaworld import MetaWorldEnv, measure_speed
     from gaflow.policies.registry import load_policy
     from gaflow.runtime import GuidedRuntime, run_episode
     from gaflow.runtime.batched import run_episodes_batched
 
     policy = load_policy("compact:builtin")
-    runtime = GuidedRuntime(policy)
+    runtime = GuidedRuntime(policy) if critic is None else GuidedRuntime(
+        policy, critic=load_critic(critic), guidance={"relative": 0.4})
     size = policy.config.image_size
 
     def fresh_envs() -> list:
@@ -99,7 +102,7 @@ def harness(task: str, seeds: list[int], batch: int, rounds: int, max_steps: int
     batched = results[f"lockstep M={batch} (one batched call)"]
     bare = statistics.median(rates["bare env loop, random actions"])
     return {
-        "task": task, "image_size": size, "seeds": seeds, "max_steps": max_steps, "rounds": rounds, "load": loads,
+        "guided": critic is not None, "task": task, "image_size": size, "seeds": seeds, "max_steps": max_steps, "rounds": rounds, "load": loads,
         "steps_per_s": {k: statistics.median(v) for k, v in rates.items()},
         "ratio_to_bare": {k: statistics.median(v) / bare for k, v in rates.items()},
         "per_round": rates,
@@ -163,7 +166,7 @@ def timed_eval(cfg, out: Path, executor, *, old_worker: bool = False) -> tuple[f
         runner.evaluate_episodes = original
 
 
-def paired_eval(tasks: list[str], seeds: list[int], max_steps: int, workdir: Path) -> dict:
+def paired_eval(tasks: list[str], seeds: list[int], max_steps: int, workdir: Path, rounds: int) -> dict:
     from gaflow.evaluation.runner import EvalConfig, standard_arms
     from gaflow.runtime.executor import LocalPoolExecutor
     from gaflow.runtime.ray_executor import RayExecutor
@@ -178,23 +181,29 @@ def paired_eval(tasks: list[str], seeds: list[int], max_steps: int, workdir: Pat
         "process pool, 2 workers, now": lambda out: timed_eval(cfg, out, LocalPoolExecutor(2)),
         "Ray local instance, 2 CPUs, now": lambda out: timed_eval(cfg, out, RayExecutor(workers=2)),
     }
-    rows, reference = {}, None
-    for i, (name, fn) in enumerate(runs.items()):
-        wall, records, before = fn(workdir / f"eval{i}")
-        episodes = len(records) * len(arms)
-        rows[name] = {"wall_s": wall, "arm_episodes": episodes, "arm_episodes_per_s": episodes / wall,
-                      "env_steps": sum(a["length"] for r in records for a in r["arms"].values()),
-                      "load_before": before, "load_after": load()}
-        if reference is None:
-            reference = strip_timing(records)
-        mine = strip_timing(records)
-        rows[name]["episodes_differing_from_first"] = sum(a != b for a, b in zip(mine, reference, strict=True))
-    base = rows["process pool, 2 workers, worker as it was (renders every step)"]["arm_episodes_per_s"]
+    rows: dict[str, dict] = {name: {"wall_s": [], "load": []} for name in runs}
+    reference = None
+    order = list(runs)
+    for rnd in range(rounds):  # rounds alternate the order, so load drifting over the run hits all alike
+        for name in (order if rnd % 2 == 0 else order[::-1]):
+            wall, records, before = runs[name](workdir / f"eval{rnd}-{order.index(name)}")
+            row = rows[name]
+            row["wall_s"].append(wall)
+            row["load"].append([before, load()])
+            row["arm_episodes"] = len(records) * len(arms)
+            row["env_steps"] = sum(a["length"] for r in records for a in r["arms"].values())
+            mine = strip_timing(records)
+            reference = reference or mine
+            row.setdefault("episodes_differing_from_first", []).append(
+                sum(a != b for a, b in zip(mine, reference, strict=True)))
+    for row in rows.values():
+        row["arm_episodes_per_s"] = row["arm_episodes"] / statistics.median(row["wall_s"])
+    base = rows[order[0]]["arm_episodes_per_s"]
     pool = rows["process pool, 2 workers, now"]["arm_episodes_per_s"]
     for r in rows.values():
         r["ratio_to_pool_as_it_was"] = r["arm_episodes_per_s"] / base
         r["ratio_to_pool_now"] = r["arm_episodes_per_s"] / pool
-    return {"tasks": tasks, "seeds": seeds, "max_steps": max_steps, "arms": arms, "runs": rows}
+    return {"tasks": tasks, "seeds": seeds, "max_steps": max_steps, "arms": arms, "rounds": rounds, "runs": rows}
 
 
 # ---------------------------------------------------------------------------------------------------- 3. scaling
@@ -202,7 +211,8 @@ def _noop(i: int) -> list[int]:
     return [i]
 
 
-def scaling(tasks: list[str], seeds: list[int], max_steps: int, workers: list[int], workdir: Path) -> dict:
+def scaling(tasks: list[str], seeds: list[int], max_steps: int, workers: list[int], workdir: Path,
+            rounds: int) -> dict:
     from gaflow.evaluation.runner import EvalConfig, run_eval
     from gaflow.runtime.executor import InProcessExecutor
     from gaflow.runtime.ray_executor import RayExecutor
@@ -210,27 +220,28 @@ def scaling(tasks: list[str], seeds: list[int], max_steps: int, workers: list[in
     cfg = EvalConfig(policy="compact:builtin", env="metaworld", tasks=tasks, seeds=seeds, split="test",
                      max_steps=max_steps)
     episodes = len(tasks) * len(seeds)
-    rows = {}
-    t0 = time.perf_counter()
-    run_eval(cfg, workdir / "inproc", progress=False, executor=InProcessExecutor())
-    in_process = time.perf_counter() - t0
-    for w in workers:
-        before = load()
-        t0 = time.perf_counter()
-        run_eval(cfg, workdir / f"ray{w}", progress=False, executor=RayExecutor(workers=w))
-        wall = time.perf_counter() - t0
-        rows[w] = {"wall_s": wall, "episodes_per_s": episodes / wall, "load_before": before, "load_after": load()}
+    runs = {"in-process": InProcessExecutor, **{f"ray {w}": (lambda w=w: RayExecutor(workers=w)) for w in workers}}
+    walls: dict[str, list[float]] = {k: [] for k in runs}
+    loads: list[float] = []
+    order = list(runs)
+    for rnd in range(rounds):
+        loads.append(load())
+        for name in (order if rnd % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            run_eval(cfg, workdir / f"scaling{rnd}-{order.index(name)}", progress=False, executor=runs[name]())
+            walls[name].append(time.perf_counter() - t0)
+    rows = {k: {"wall_s": statistics.median(v), "episodes_per_s": episodes / statistics.median(v), "walls": v}
+            for k, v in walls.items()}
     n = 200
     ex = RayExecutor(workers=2)
     list(ex.run(_noop, [(i,) for i in range(20)]))  # workers up
     t0 = time.perf_counter()
     list(ex.run(_noop, [(i,) for i in range(n)]))
     noop_ms = 1e3 * (time.perf_counter() - t0) / n
-    return {"tasks": tasks, "seeds": seeds, "max_steps": max_steps, "episodes": episodes,
-            "in_process_s": in_process, "in_process_episodes_per_s": episodes / in_process, "ray": rows,
-            "noop_job_ms": noop_ms,
-            "per_episode_overhead_ms": 1e3 * (rows[workers[0]]["wall_s"] - in_process) / episodes
-            if workers[0] == 1 else None}
+    return {"tasks": tasks, "seeds": seeds, "max_steps": max_steps, "episodes": episodes, "rounds": rounds,
+            "load": loads, "runs": rows, "noop_job_ms": noop_ms,
+            "per_episode_overhead_ms": 1e3 * (rows["ray 1"]["wall_s"] - rows["in-process"]["wall_s"]) / episodes
+            if "ray 1" in rows else None}
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -243,8 +254,9 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=100)
     p.add_argument("--eval-tasks", default="push,hand-insert")
     p.add_argument("--eval-seeds", type=int, default=6)
+    p.add_argument("--eval-rounds", type=int, default=2)
     p.add_argument("--scaling-workers", default="1,2")
-    p.add_argument("--skip", default="", help="comma-separated: harness,eval,scaling")
+    p.add_argument("--skip", default="", help="comma-separated: harness,harness-guided,eval,scaling")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/rollout_throughput.json"))
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -252,25 +264,28 @@ def main() -> None:
     result: dict = {"cpus": os.cpu_count(), "load_at_start": load(), "torch": torch.__version__}
     tasks = [t.strip() for t in a.eval_tasks.split(",") if t.strip()]
     scaling_workers = [int(w) for w in a.scaling_workers.split(",")]
-    if {"eval", "scaling"} - skip:  # one local instance for both; its start-up is reported, not in the rates
-        import ray
-
-        t0 = time.perf_counter()
-        ray.init(num_cpus=max(2, *scaling_workers), include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
-        result["ray_init_s"] = time.perf_counter() - t0
     test_seeds = list(range(30000, 30000 + a.eval_seeds))  # the test split's first seeds
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        harness_seeds = list(range(30000, 30000 + a.harness_seeds))
         if "harness" not in skip:
-            result["harness"] = harness(a.task, list(range(30000, 30000 + a.harness_seeds)), a.batch, a.rounds,
-                                        a.max_steps)
+            result["harness"] = harness(a.task, harness_seeds, a.batch, a.rounds, a.max_steps)
             print(json.dumps(result["harness"], indent=1))
+        if "harness-guided" not in skip:
+            critic = random_study_critic(work / "harness_critic")
+            result["harness_guided"] = harness(a.task, harness_seeds, a.batch, a.rounds, a.max_steps, critic)
+            print(json.dumps(result["harness_guided"], indent=1))
+        if {"eval", "scaling"} - skip:  # one local instance for both, as `--backend ray` starts it; its start-up
+            from gaflow.runtime.ray_executor import RayExecutor  # is reported, not counted in the rates
+
+            t0 = time.perf_counter()
+            RayExecutor(workers=max(2, *scaling_workers)).connect()
+            result["ray_init_s"] = time.perf_counter() - t0
         if "eval" not in skip:
-            result["eval"] = paired_eval(tasks, test_seeds, a.max_steps, work)
+            result["eval"] = paired_eval(tasks, test_seeds, a.max_steps, work, a.eval_rounds)
             print(json.dumps(result["eval"], indent=1))
         if "scaling" not in skip:
-            result["scaling"] = scaling(tasks, test_seeds, a.max_steps, scaling_workers, work)
+            result["scaling"] = scaling(tasks, test_seeds, a.max_steps, scaling_workers, work, a.eval_rounds)
             print(json.dumps(result["scaling"], indent=1))
     result["load_at_end"] = load()
     a.out.parent.mkdir(parents=True, exist_ok=True)
