@@ -5,7 +5,6 @@ result. One local 2-CPU Ray instance, started here, serves the whole module."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -33,14 +32,15 @@ TIMING = ("latency_s", "mean_latency_s", "wall_s", "chunk_latency_ms")  # wall-c
 
 @pytest.fixture(scope="module")
 def ray_address():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+    starter = RayExecutor(workers=2)  # a local 2-CPU instance, started as `--backend ray` starts one
+    starter.connect()
     # Ray workers cannot import this test module by name: ship its helpers by value
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
         ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
-        ray.shutdown()
+        starter.close()
 
 
 @pytest.fixture(scope="module")
