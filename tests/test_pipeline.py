@@ -80,8 +80,7 @@ def test_demo_command_passes_grid_and_critic_features_and_rejects_bad_ones(tmp_p
     from gaflow.cli import app
 
     seen = {}
-    monkeypatch.setattr(gaflow.pipeline, "run_pipeline",
-                        lambda cfg, out, force_reread=False: seen.update(cfg=cfg, out=out, force=force_reread))
+    monkeypatch.setattr(gaflow.pipeline, "run_pipeline", lambda cfg, out, **kw: seen.update(cfg=cfg, out=out, **kw))
     res = CliRunner().invoke(app, ["demo", "--preset", "libero", "--tasks", "0", "--grid", "0.2, 0.8",
                                    "--critic-features", "observation,env_state", "--out", str(tmp_path)])
     assert res.exit_code == 0, res.output

@@ -23,6 +23,7 @@ from rich.rule import Rule
 from gaflow.envs.registry import parse_env_spec
 from gaflow.evaluation.splits import split_for_env
 from gaflow.io import job_folder
+from gaflow.runtime.executor import Executor
 
 
 @dataclass
@@ -72,9 +73,12 @@ class PipelineConfig:
 DEMO_NOISE_SEED = 1000  # LIBERO demonstrations: expert-noise seeds apart from the rollouts' (seed // 50 < 1000)
 
 
-def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None, force_reread: bool = False) -> dict:
-    """Run (or resume) the whole pipeline in ``run``. ``force_reread``: let the test stages read test episodes an
-    earlier run already read (the reports say so); otherwise that is refused (:mod:`gaflow.evaluation.ledger`)."""
+def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None, force_reread: bool = False,
+                 executor: Executor | None = None) -> dict:
+    """Run (or resume) the whole pipeline in ``run``; episode stages run on ``executor`` (default: ``cfg.workers``
+    local processes; :func:`gaflow.runtime.executor.make_executor`). ``force_reread``: let the test stages read
+    test episodes an earlier run already read (the reports say so); otherwise that is refused
+    (:mod:`gaflow.evaluation.ledger`)."""
     console = console or Console()
     run = job_folder(run, cfg.to_dict(), "pipeline.json", paths=("policy",))
     t_start = time.perf_counter()
@@ -145,7 +149,8 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
     def rollouts(n: int) -> dict:
         ccfg = CollectConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks), seeds=splits.seeds("critic", n),
                              max_steps=cfg.max_steps, record_images=True)  # the critic report re-encodes frames
-        summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True, extend=True)
+        summary = collect(ccfg, run / "collect", workers=cfg.workers, write_dataset=True, extend=True,
+                          executor=executor)
         console.print(f"base-policy success on critic seeds: {summary['success_rate']:.1%} over "
                       f"{summary['episodes']} episodes")
         return summary
@@ -188,7 +193,7 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
     if not (sweep_dir / "locked.json").exists():
         ev = EvalConfig(policy=policy, env=cfg.env, tasks=list(cfg.tasks), seeds=val_seeds, split="validation",
                         critic=str(critic_dir), max_steps=cfg.max_steps)
-        res = run_sweep(ev, [{"relative": r} for r in cfg.grid], sweep_dir, workers=cfg.workers)
+        res = run_sweep(ev, [{"relative": r} for r in cfg.grid], sweep_dir, workers=cfg.workers, executor=executor)
         plot_sweep(sweep_dir, res["rows"], "relative strength ρ")
     locked = load_locked(sweep_dir / "locked.json")
     console.print(f"locked: {describe_lock(locked)} (hash {locked['hash']})")
@@ -197,7 +202,8 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
     # 6. locked test evaluation
     t0 = stage("6/7 test evaluation", f"arms {cfg.arms}, {cfg.test_episodes} locked test seeds/task")
     metrics, report = locked_test(cfg, policy, critic_dir, list(cfg.tasks), list(cfg.arms), locked, run / "test",
-                                  {"critic_auc": rep["auc"]}, seed_offset=cfg.test_offset, force_reread=force_reread)
+                                  {"critic_auc": rep["auc"]}, seed_offset=cfg.test_offset, force_reread=force_reread,
+                                  executor=executor)
     timings["test"] = time.perf_counter() - t0
     result = {"metrics": metrics, "report": str(report), "timings_s": timings, "locked": locked}
 
@@ -221,13 +227,14 @@ def run_pipeline(cfg: PipelineConfig, run: Path, console: Console | None = None,
         if not (h_sweep / "locked.json").exists():
             ev = EvalConfig(policy=policy, env=cfg.env, tasks=list(cfg.heldout_tasks), seeds=val_seeds,
                             split="validation", critic=str(h_dir), max_steps=cfg.max_steps)
-            run_sweep(ev, [h_config], h_sweep, workers=cfg.workers, rule="fixed")
+            run_sweep(ev, [h_config], h_sweep, workers=cfg.workers, rule="fixed", executor=executor)
         h_locked = load_locked(h_sweep / "locked.json")
         h_metrics, h_report = locked_test(cfg, policy, h_dir, list(cfg.heldout_tasks), ["unguided", "guided"],
                                           h_locked, run / "test_heldout",
                                           {"critic_auc": unseen_auc, "critic_trained_without": cfg.heldout_tasks},
                                           seed_offset=cfg.test_offset + cfg.test_episodes,
-                                          force_reread=force_reread or splits.period is not None)
+                                          force_reread=force_reread or splits.period is not None,
+                                          executor=executor)
         timings["heldout"] = time.perf_counter() - t0
         result["heldout"] = {"metrics": h_metrics, "report": str(h_report), "critic_auc_unseen": unseen_auc}
 
@@ -263,7 +270,8 @@ def critic_stage(cfg: PipelineConfig, run: Path, out: Path, policy: str, guidanc
 
 
 def locked_test(cfg: PipelineConfig, policy: str, critic_dir: Path, tasks: list[str], arms: list[str], locked: dict,
-                out: Path, extra_meta: dict, seed_offset: int = 0, force_reread: bool = False) -> tuple[dict, Path]:
+                out: Path, extra_meta: dict, seed_offset: int = 0, force_reread: bool = False,
+                executor: Executor | None = None) -> tuple[dict, Path]:
     """Evaluate the locked guidance config on test seeds ``[seed_offset, seed_offset + test_episodes)`` of the test
     split (one read, recorded in the test ledger) and report."""
     from gaflow.evaluation.ledger import read_header
@@ -277,7 +285,7 @@ def locked_test(cfg: PipelineConfig, policy: str, critic_dir: Path, tasks: list[
                     critic=str(critic_dir), max_steps=cfg.max_steps)
     check_lock_binds(locked, ev)
     records = run_eval(ev, out, workers=cfg.workers, force_reread=force_reread, lock_hash=locked["hash"],
-                       command="demo (locked test)")
+                       command="demo (locked test)", executor=executor)
     metrics = summarize(records, arms)
     meta = {"split": "test", "n_seeds": len(test_seeds), "seed_range": f"{test_seeds[0]}–{test_seeds[-1]}",
             "policy": policy, "critic": str(critic_dir), "env": cfg.env, "locked": lock_summary(locked),

@@ -114,6 +114,12 @@ def comma_list(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
+# --backend / --ray-address, shared by every command that runs episodes (collect, eval, sweep, eval-policy, demo)
+BACKEND_HELP = "where episode jobs run: local (worker processes here) | ray (Ray tasks; docs/scale.md)"
+RAY_ADDRESS_HELP = ("with --backend ray: 'auto' or '<head-host>:6379' joins a running Ray cluster (every free CPU "
+                    "takes jobs); default: start a local Ray instance with --workers CPUs")
+
+
 @app.callback()
 def main() -> None:
     """gaflow: test-time Q-guidance for frozen flow-matching robot policies."""
@@ -136,4 +142,13 @@ def _register() -> None:
 
 _register()
 
-__all__ = ["DEBUG_ENV", "GaflowGroup", "app", "comma_list", "user_error_exit_code", "user_error_message"]
+__all__ = [
+    "BACKEND_HELP",
+    "DEBUG_ENV",
+    "GaflowGroup",
+    "RAY_ADDRESS_HELP",
+    "app",
+    "comma_list",
+    "user_error_exit_code",
+    "user_error_message",
+]

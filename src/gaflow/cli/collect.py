@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from gaflow.cli import app, comma_list
+from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list
 
 
 @app.command()
@@ -30,11 +30,14 @@ def collect(
     workers: int = typer.Option(2, help="worker processes (each single-threaded)"),
     images: bool = typer.Option(True, help="keep camera images in the dataset"),
     dataset: bool = typer.Option(True, help="also write a LeRobotDataset v3 of the executed frames"),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
 ) -> None:
     """Run POLICY on (task, seed) episodes and write episodes, a chunk table and a LeRobotDataset to OUT."""
     from gaflow.collect import CollectConfig
     from gaflow.collect import collect as run_collect
     from gaflow.evaluation.splits import resolve_seeds, split_for_env
+    from gaflow.runtime.executor import make_executor
 
     seed_list, split_name = resolve_seeds(seeds, split_for_env(env))
     cfg = CollectConfig(
@@ -43,7 +46,8 @@ def collect(
         n_action_steps=n_action_steps, num_steps=num_steps, num_candidates=num_candidates, select=select,
         noise_seed=noise_seed, image_size=image_size, max_steps=max_steps, record_images=images,
     )
-    summary = run_collect(cfg, out, workers=workers, write_dataset=dataset)
+    summary = run_collect(cfg, out, workers=workers, write_dataset=dataset,
+                          executor=make_executor(workers, backend, ray_address))
     Console().print(f"[bold]collect[/bold]: {summary['episodes']} episodes ({summary['collected_now']} run now, "
                     f"split '{split_name}'), success {summary['success_rate']:.1%}, {summary['chunks']} chunks, "
                     f"{summary['seconds']:.1f} s → {out}")

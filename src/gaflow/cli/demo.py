@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from gaflow.cli import app, comma_list
+from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list
 
 
 @app.command()
@@ -26,10 +26,13 @@ def demo(
     workers: int = typer.Option(None, help="worker processes"),
     force_reread: bool = typer.Option(False, help="read test episodes an earlier run already read (the report says "
                                                   "so); otherwise refused"),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
 ) -> None:
     """Demonstrations → base policy → rollouts → critic → validation sweep → locked test evaluation → report."""
     from gaflow.experiments import preset as make_preset
     from gaflow.pipeline import run_pipeline
+    from gaflow.runtime.executor import make_executor
 
     def given(text: str | None) -> list[str] | None:  # None: keep the preset's value
         return None if text is None else comma_list(text)
@@ -42,4 +45,5 @@ def demo(
                       test_episodes=test_episodes, validation_episodes=validation_episodes,
                       critic_episodes=critic_episodes, workers=workers, grid=rhos,
                       critic_features=given(critic_features))
-    run_pipeline(cfg, out or Path("runs") / f"demo-{preset}", force_reread=force_reread)
+    run_pipeline(cfg, out or Path("runs") / f"demo-{preset}", force_reread=force_reread,
+                 executor=make_executor(cfg.workers, backend, ray_address))

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from gaflow.cli import app, comma_list
+from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list
 
 
 def _grid(items: list[str]) -> dict[str, list]:
@@ -39,18 +39,22 @@ def sweep(
     rule: str = typer.Option("paired-lcb", help="paired-lcb (choose on significant validation evidence, else "
                                                  "unguided) | fixed (lock the one grid config given, e.g. a strength "
                                                  "chosen elsewhere, bound to this critic and these tasks)"),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
 ) -> None:
     """Tune guidance on VALIDATION seeds by a declared rule and lock the chosen config."""
     from gaflow.evaluation.report import plot_sweep, print_eval
     from gaflow.evaluation.runner import EvalConfig
     from gaflow.evaluation.splits import resolve_seeds, split_for_env
     from gaflow.evaluation.sweep import describe_lock, grid_configs, run_sweep
+    from gaflow.runtime.executor import make_executor
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env), purpose="tune")
     configs = grid_configs(json.loads(base.read_text()) if base else {}, _grid(grid))
     ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split, critic=str(critic),
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps)
-    res = run_sweep(ev, configs, out, workers=workers, rule=rule)
+    res = run_sweep(ev, configs, out, workers=workers, rule=rule,
+                    executor=make_executor(workers, backend, ray_address))
     print_eval(res["metrics"], f"sweep [{split}]")
     plot_sweep(out, res["rows"], "relative strength ρ" if configs[0].get("relative") is not None else "scale")
     lk = res["locked"]
@@ -77,6 +81,8 @@ def eval_cmd(
     workers: int = typer.Option(2),
     force_reread: bool = typer.Option(False, help="read test episodes that an earlier run already read (the report "
                                                   "says so); otherwise refused"),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
 ) -> None:
     """Compare arms on the same (task, seed) episodes; per-task and pooled rates, CIs, McNemar, flips, latency.
 
@@ -93,6 +99,7 @@ def eval_cmd(
         lock_critic,
         lock_summary,
     )
+    from gaflow.runtime.executor import make_executor
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env))
     touches_test = bool(test_seeds_of(env, seed_list))  # by value: a 'mixed' range counts too
@@ -114,7 +121,8 @@ def eval_cmd(
     if lk is not None:
         check_lock_binds(lk, ev)
         Console().print(f"locked config {lk['hash']}: {describe_lock(lk)}")
-    records = run_eval(ev, out, workers=workers, force_reread=force_reread, lock_hash=lk["hash"] if lk else None)
+    records = run_eval(ev, out, workers=workers, force_reread=force_reread, lock_hash=lk["hash"] if lk else None,
+                       executor=make_executor(workers, backend, ray_address))
     metrics = summarize(records, arm_names)
     meta = {"split": split, "n_seeds": len(seed_list), "seed_range": f"{seed_list[0]}–{seed_list[-1]}",
             "policy": policy, "critic": str(critic) if critic else None, "env": env,

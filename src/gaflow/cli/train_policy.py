@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gaflow.cli import app, comma_list
+from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list
 
 
 @app.command("train-policy")
@@ -94,18 +94,22 @@ def eval_policy_cmd(
     workers: int = typer.Option(1, help="episode worker processes"),
     out: Path = typer.Option(None, help="write per-episode summaries to this JSON file"),
     force_reread: bool = typer.Option(False, help="read test seeds an earlier run already read; otherwise refused"),
+    backend: str = typer.Option("local", help=BACKEND_HELP),
+    ray_address: str = typer.Option(None, help=RAY_ADDRESS_HELP),
 ) -> None:
     """Unguided success of a saved compact policy, per task, with Wilson 95 % intervals."""
     from gaflow.evaluation.policy import evaluate_policy
     from gaflow.evaluation.splits import parse_seeds
     from gaflow.evaluation.stats import wilson_interval
     from gaflow.io import atomic_write_json
+    from gaflow.runtime.executor import make_executor
 
     task_list = comma_list(tasks)
     seed_list = parse_seeds(seeds)
     results = evaluate_policy(str(policy), task_list, seed_list, n_action_steps=n_action_steps,
                               num_steps=num_steps, noise_seed=noise_seed, camera=camera, max_steps=max_steps,
-                              workers=workers, force_reread=force_reread)
+                              workers=workers, force_reread=force_reread,
+                              executor=make_executor(workers, backend, ray_address))
     table = Table(title=f"{policy}: unguided success, seeds {seeds}")
     for col in ("task", "success", "n", "rate", "Wilson 95% CI", "mean length", "ms/chunk"):
         table.add_column(col)

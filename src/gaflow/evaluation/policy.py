@@ -9,8 +9,9 @@ from typing import Any
 
 from gaflow.evaluation.ledger import finish_read, record_read, test_seeds_of
 from gaflow.runtime import GuidedRuntime, RuntimeSpec, run_episode
+from gaflow.runtime.batched import run_episodes_batched
 from gaflow.runtime.build import release, runtime_and_env
-from gaflow.runtime.executor import chunked, make_executor, run_jobs, torch_threads
+from gaflow.runtime.executor import Executor, chunked, make_executor, run_jobs, torch_threads
 
 
 def _env_spec(camera: str | None) -> str:
@@ -25,7 +26,7 @@ def episode_summaries(spec_dict: dict, env: str, task: str, seeds: list[int], ma
         runtime, recording = runtime_and_env(spec, env, task, max_steps=max_steps, record_images=False)
         for seed in seeds:
             t0 = time.perf_counter()
-            s = run_episode(recording.env, runtime, seed=seed).summary()
+            s = run_episodes_batched([recording.env], runtime, [seed])[0].summary()  # renders once per chunk
             s["task"] = task  # the job's task name, used to group results
             s["wall_s"] = time.perf_counter() - t0
             out.append(s)
@@ -35,10 +36,13 @@ def episode_summaries(spec_dict: dict, env: str, task: str, seeds: list[int], ma
 def evaluate_policy(policy_dir: str, tasks: list[str], seeds: list[int], *, n_action_steps: int | None = None,
                     num_steps: int | None = None, noise_seed: int = 0, camera: str | None = None,
                     max_steps: int | None = None, workers: int = 1, progress: bool = True,
-                    force_reread: bool = False) -> dict[str, list[dict[str, Any]]]:
+                    force_reread: bool = False, executor: Executor | None = None
+                    ) -> dict[str, list[dict[str, Any]]]:
     """Unguided success of a saved compact policy on MetaWorld ``tasks`` × ``seeds`` → per-task episode summaries.
 
     Test seeds are recorded in the test ledger (a second read is refused unless ``force_reread``)."""
+    executor = executor or make_executor(workers)
+    workers = executor.workers
     spec = RuntimeSpec(policy=f"compact:{policy_dir}", num_steps=num_steps, noise_seed=noise_seed,
                        n_action_steps=n_action_steps)
     header = record_read(None, command="eval-policy", policy=spec.policy, env="metaworld",
@@ -54,7 +58,7 @@ def evaluate_policy(policy_dir: str, tasks: list[str], seeds: list[int], *, n_ac
         return ""
 
     try:
-        run_jobs(make_executor(workers), episode_summaries, jobs, label="eval-policy", total=len(tasks) * len(seeds),
+        run_jobs(executor, episode_summaries, jobs, label="eval-policy", total=len(tasks) * len(seeds),
                  progress=progress, on_result=take)
     finally:
         release()

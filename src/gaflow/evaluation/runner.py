@@ -32,7 +32,8 @@ from gaflow.evaluation.stats import (
 )
 from gaflow.guidance.presets import preset_guidance
 from gaflow.io import atomic_write_json, job_folder
-from gaflow.runtime import RuntimeSpec, run_episode
+from gaflow.runtime import RuntimeSpec
+from gaflow.runtime.batched import run_episodes_batched
 from gaflow.runtime.build import release, runtime_and_env
 from gaflow.runtime.executor import Executor, chunked, make_executor, run_jobs, torch_threads
 
@@ -146,7 +147,7 @@ def evaluate_episodes(cfg_dict: dict, jobs: list[tuple[str, int]]) -> list[dict]
                 runtime = base.with_guidance(arm.guidance_for(task), num_candidates=arm.num_candidates,
                                              select=arm.select)
                 t0 = time.perf_counter()
-                rec = run_episode(env, runtime, seed=seed)
+                (rec,) = run_episodes_batched([env], runtime, [seed])  # renders once per chunk, not per step
                 init = env.frames[0]["env_state"] if env.frames else np.zeros(0, np.float32)
                 diag = [c.guidance for c in rec.chunks if c.guidance is not None]
                 record["arms"][arm.name] = {

@@ -30,6 +30,7 @@ from gaflow.evaluation.ledger import critic_identity, policy_identity
 from gaflow.evaluation.runner import Arm, EvalConfig, result_path, run_eval, summarize
 from gaflow.guidance import GuidanceConfig
 from gaflow.io import atomic_write_json
+from gaflow.runtime.executor import Executor
 
 RULE = ("paired-lcb: among configs whose paired validation lift is significant (one-sided clustered sign-flip "
         "p < 0.05), the largest one-sided 95 % lower confidence bound (cluster bootstrap over initial states); "
@@ -119,7 +120,7 @@ def _lock_digest(locked: dict) -> str:
 
 
 def run_sweep(base_eval: EvalConfig, configs: list[dict], out: Path, workers: int = 2, progress: bool = True,
-              rule: str = "paired-lcb") -> dict:
+              rule: str = "paired-lcb", executor: Executor | None = None) -> dict:
     """Run every config and unguided on the validation episodes (paired), choose by ``rule`` and write the lock."""
     if rule not in ("paired-lcb", "fixed"):
         raise ValueError(f"rule must be 'paired-lcb' or 'fixed', got {rule!r}")
@@ -134,7 +135,7 @@ def run_sweep(base_eval: EvalConfig, configs: list[dict], out: Path, workers: in
     configs = [GuidanceConfig.from_dict(c).to_dict() for c in configs]  # validate and fill defaults
     arms = [Arm("unguided")] + [Arm(f"cfg{i}", c) for i, c in enumerate(configs)]
     ev = EvalConfig(**{**base_eval.__dict__, "arms": arms})
-    records = run_eval(ev, out, workers=workers, progress=progress)
+    records = run_eval(ev, out, workers=workers, progress=progress, executor=executor)
     names = [a.name for a in arms]
     metrics = summarize(records, names)
     rows = []

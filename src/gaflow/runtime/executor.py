@@ -4,6 +4,8 @@
 * :class:`LocalPoolExecutor` — a local process pool (``forkserver``: a process that has rendered with MuJoCo must
   not fork its GL context). Workers die with their driver: each runs a watchdog thread that exits the worker as
   soon as the driver process is gone, so a SIGKILLed ``collect`` / ``eval`` leaves nothing running behind it.
+* :class:`~gaflow.runtime.ray_executor.RayExecutor` — Ray tasks on a local instance or a cluster
+  (``backend="ray"``; docs/scale.md).
 
 Both yield each job's result as it completes; :func:`run_jobs` adds one progress bar and hands every result to
 the driver's ``on_result`` (which writes it atomically). Because a job's result is written only by the driver,
@@ -91,8 +93,22 @@ class LocalPoolExecutor:
                     f.cancel()
 
 
-def make_executor(workers: int) -> Executor:
-    """The local executor for ``workers`` processes (in-process when ``workers <= 1``)."""
+BACKENDS = ("local", "ray")
+
+
+def make_executor(workers: int, backend: str = "local", ray_address: str | None = None) -> Executor:
+    """The executor for a job: ``backend="local"`` runs ``workers`` processes here (in-process when
+    ``workers <= 1``); ``backend="ray"`` runs Ray tasks on a local instance of ``workers`` CPUs, or on the cluster
+    at ``ray_address`` (``"auto"`` or ``"<host>:<port>"``), where every free CPU takes jobs."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "ray":
+        from gaflow.runtime.ray_executor import RayExecutor
+
+        # a local instance gets `workers` CPUs; on a cluster every CPU takes jobs
+        return RayExecutor(workers=max(1, workers) if ray_address is None else None, address=ray_address)
+    if ray_address is not None:
+        raise ValueError("--ray-address needs --backend ray")
     return InProcessExecutor() if workers <= 1 else LocalPoolExecutor(workers)
 
 
