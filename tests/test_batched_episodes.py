@@ -3,19 +3,17 @@ what it gets alone; rendering only where the policy looks reproduces the golden 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import GOLDEN, golden_module
 
 from gaflow.envs.toy import ToyReachEnv
 from gaflow.policies.registry import load_policy
 from gaflow.runtime import GuidedRuntime, run_episode
 from gaflow.runtime.batched import rows_are_independent, run_episodes_batched
 
-GOLDEN = Path(__file__).parent / "golden"
 SEEDS = [0, 1, 2, 3, 4, 5, 6, 7]
 
 
@@ -86,11 +84,6 @@ def test_record_false_keeps_summaries_only_and_bad_arguments_are_named():
     assert run_episodes_batched([], runtime, []) == []
 
 
-def _golden():
-    spec = importlib.util.spec_from_file_location("record_episodes", GOLDEN / "record_episodes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_rendering_only_where_the_policy_looks_reproduces_the_golden_metaworld_episodes():
@@ -98,7 +91,7 @@ def test_rendering_only_where_the_policy_looks_reproduces_the_golden_metaworld_e
     from gaflow.envs.registry import make_env
 
     torch.set_num_threads(1)
-    golden, expected = _golden(), json.loads((GOLDEN / "episodes.json").read_text())["metaworld"]
+    golden, expected = golden_module(), json.loads((GOLDEN / "episodes.json").read_text())["metaworld"]
     policy = load_policy("compact:builtin")
     critic = golden.metaworld_critic(policy)
     env = make_env("metaworld", golden.METAWORLD_TASK, image_size=policy.config.image_size,

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import marked_pids
 
 from gaflow.runtime.executor import InProcessExecutor, LocalPoolExecutor, _driver_alive, run_jobs
 
@@ -50,19 +51,6 @@ def test_a_dead_or_zombie_driver_is_not_alive():
     assert not _driver_alive(child.pid)
 
 
-def _marked_pids(marker: str) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (d / "environ").read_bytes():
-                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z":
-                    pids.append(int(d.name))
-        except OSError:
-            continue
-    return pids
 
 
 def _episodes(out: Path) -> int:
@@ -85,9 +73,9 @@ def test_sigkilled_collect_leaves_no_workers_and_resumes_to_the_uninterrupted_re
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
-    while _marked_pids(marker) and time.time() < deadline:
+    while marked_pids(marker) and time.time() < deadline:
         time.sleep(0.1)
-    assert _marked_pids(marker) == []  # forkserver and pool workers went with the driver
+    assert marked_pids(marker) == []  # forkserver and pool workers went with the driver
     written = _episodes(killed)
     time.sleep(1.0)
     assert _episodes(killed) == written < 80  # nobody writes after the driver died

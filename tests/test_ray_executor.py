@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import marked_pids
 from safetensors import safe_open
 
 ray = pytest.importorskip("ray")
@@ -219,18 +220,6 @@ def test_backend_options_are_checked():
     assert isinstance(make_executor(2, backend="ray"), RayExecutor)  # nothing starts until a job runs
 
 
-def _marked_pids(marker: str) -> list[int]:
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            if marker.encode() in (d / "environ").read_bytes():
-                if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    pids.append(int(d.name))
-        except OSError:
-            continue
-    return pids
 
 
 @pytest.mark.slow
@@ -250,6 +239,6 @@ def test_a_killed_driver_takes_its_local_ray_instance_with_it(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 20
-    while _marked_pids(marker) and time.time() < deadline:
+    while marked_pids(marker) and time.time() < deadline:
         time.sleep(0.2)
-    assert _marked_pids(marker) == []  # GCS, raylet, agents and workers are gone
+    assert marked_pids(marker) == []  # GCS, raylet, agents and workers are gone

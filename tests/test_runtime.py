@@ -3,31 +3,21 @@ per-row noise streams in a batch, and builds from plain specs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import GOLDEN, golden_module
 
 from gaflow.policies.registry import load_policy
 from gaflow.runtime import GuidedRuntime, RuntimeSpec, run_episode
-
-GOLDEN = Path(__file__).parent / "golden"
-
-
-def _golden_module():
-    spec = importlib.util.spec_from_file_location("record_episodes", GOLDEN / "record_episodes.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_runtime_reproduces_episodes_recorded_before_the_runtime_existed():
     torch.set_num_threads(1)
     expected = json.loads((GOLDEN / "episodes.json").read_text())
-    got = _golden_module().record()
+    got = golden_module().record()
     assert got == expected  # outcomes and a SHA-256 of every chunk, toy (4 arms) and MetaWorld (2 arms)
 
 
