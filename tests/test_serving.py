@@ -372,14 +372,27 @@ def test_gaflow_serve_reads_named_configs_from_files_locks_and_inline_json(tmp_p
     import typer
 
     from gaflow.cli.serve import _named_config
+    from gaflow.collect import CollectConfig, collect
+    from gaflow.critic.data import ChunkTable
+    from gaflow.critic.train import CriticTrainConfig, train_critic
+    from gaflow.evaluation.runner import EvalConfig
+    from gaflow.evaluation.splits import DEFAULT_SPLITS
+    from gaflow.evaluation.sweep import run_sweep
     from gaflow.guidance import GuidanceConfig
 
+    collect(CollectConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=DEFAULT_SPLITS.seeds("critic", 8)),
+            tmp_path / "c", workers=1, progress=False, write_dataset=False)
+    train_critic(ChunkTable.load(tmp_path / "c" / "chunks.safetensors"),
+                 CriticTrainConfig(features=("state",), hidden=(8,), epochs=1), out_dir=tmp_path / "critic",
+                 progress=False)
     cfg = GuidanceConfig(relative=0.2)
-    lock = {"guidance": cfg.to_dict(), "hash": cfg.config_hash(), "split": "validation", "critic": "runs/critic",
-            "locked_at": "2026-01-01T00:00:00+00:00", "rule": "best validation success"}
-    (tmp_path / "locked.json").write_text(json.dumps(lock))
+    run_sweep(EvalConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=DEFAULT_SPLITS.seeds("validation", 2),
+                         split="validation", critic=str(tmp_path / "critic")),
+              [cfg.to_dict()], tmp_path, progress=False, rule="fixed")  # writes tmp_path/locked.json
+    lock = json.loads((tmp_path / "locked.json").read_text())
     (tmp_path / "g.json").write_text(json.dumps({"scale": 0.5}))
-    assert _named_config(f"locked={tmp_path / 'locked.json'}") == ("locked", cfg.to_dict(), "runs/critic")
+    name, got, critic = _named_config(f"locked={tmp_path / 'locked.json'}")
+    assert (name, got) == ("locked", cfg.to_dict()) and Path(critic).resolve() == (tmp_path / "critic").resolve()
     assert _named_config(f"mine={tmp_path / 'g.json'}") == ("mine", {"scale": 0.5}, None)
     assert _named_config('strong={"relative": 0.4}') == ("strong", {"relative": 0.4}, None)
     (tmp_path / "edited.json").write_text(json.dumps({**lock, "guidance": {**lock["guidance"], "relative": 0.9}}))

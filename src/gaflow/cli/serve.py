@@ -33,13 +33,16 @@ def _named_config(item: str) -> tuple[str, dict, str | None]:
     except (OSError, json.JSONDecodeError) as e:
         raise typer.BadParameter(f"--config {name}: cannot read {path}: {e}") from None
     if isinstance(data, dict) and "guidance" in data and "hash" in data:  # a lock file from `gaflow sweep`
-        from gaflow.evaluation.sweep import load_locked
+        from gaflow.evaluation.sweep import load_locked, lock_critic
 
         try:
-            locked = load_locked(path)  # refuses an edited or test-tuned lock
+            locked = load_locked(path)  # refuses an edited, hand-written or copied-away lock
         except ValueError as e:
             raise typer.BadParameter(f"--config {name}: {e}") from None
-        return name, locked["guidance"], locked.get("critic")
+        if locked["guidance"] is None:
+            raise typer.BadParameter(f"--config {name}: {path} locked *unguided* (no config's validation lift was "
+                                     "significant): serve the policy without guidance (request config 'off')")
+        return name, locked["guidance"], lock_critic(locked, path)
     if not isinstance(data, dict):
         raise typer.BadParameter(f"--config {name}: {path} must hold a JSON object (a guidance config)")
     return name, data, None
