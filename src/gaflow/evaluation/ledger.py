@@ -110,7 +110,8 @@ def seed_ranges(seeds: list[int]) -> str:
 
 def prior_reads() -> dict[str, dict]:
     """Reads of test episodes made before this ledger existed, for the policies shipped in the package
-    (``prior_test_reads.json``, from BENCHMARKS.md): seeds are given as ``[first, last]`` ranges."""
+    (``prior_test_reads.json``, from BENCHMARKS.md), and reads recorded in developers' ledgers since (they carry
+    their ``ledger_read_id``); seeds are given as ``[first, last]`` ranges."""
     from importlib.resources import files
 
     data = json.loads((files("gaflow.evaluation") / "prior_test_reads.json").read_text())
@@ -155,7 +156,8 @@ class Ledger:
                 out[e["read_id"]] = dict(e)
             elif e.get("event") == "finish" and e.get("read_id") in out:
                 out[e["read_id"]].update(finished_at=e["finished_at"], results=e["results"])
-        return out
+        # a listed read that this ledger itself recorded is the same read, not an earlier one
+        return {k: r for k, r in out.items() if r.get("ledger_read_id") not in out}
 
     def overlapping(self, policy_id: str, env: str, task_seeds: dict[str, list[int]],
                     exclude: str | None = None) -> list[dict]:
