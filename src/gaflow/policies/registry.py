@@ -33,7 +33,12 @@ def _load_compact(rest: str, **kwargs: Any):
 def _load_toy(rest: str, **kwargs: Any):
     from gaflow.policies.toy import ToyReachPolicy
 
-    opts = dict(kv.split("=", 1) for kv in rest.split(",") if "=" in kv)
+    items = [] if rest == "default" else rest.split(",")
+    bad = [kv for kv in items if "=" not in kv]
+    if bad:
+        raise ValueError(f"policy spec 'toy:{rest}': use toy:default or toy:key=value,... (e.g. toy:std=0.9); "
+                         f"got {bad}")
+    opts = dict(kv.split("=", 1) for kv in items)
     return ToyReachPolicy(**{k: float(v) if "." in v else int(v) for k, v in opts.items()}, **kwargs)
 
 
