@@ -109,6 +109,16 @@ app = typer.Typer(
 )
 
 
+def read_json_file(path, option: str):
+    """A JSON file given on the command line, or a usage error naming the option and the file."""
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise typer.BadParameter(f"{option} {path}: {e}") from None
+
+
 def comma_list(text: str | None) -> list[str]:
     """``"push, pick-place,"`` → ``["push", "pick-place"]``: a comma-separated option, blanks dropped."""
     return [t.strip() for t in (text or "").split(",") if t.strip()]
@@ -149,6 +159,7 @@ __all__ = [
     "RAY_ADDRESS_HELP",
     "app",
     "comma_list",
+    "read_json_file",
     "user_error_exit_code",
     "user_error_message",
 ]

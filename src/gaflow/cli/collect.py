@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 
-from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list
+from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list, read_json_file
 
 
 @app.command()
@@ -42,7 +41,7 @@ def collect(
     seed_list, split_name = resolve_seeds(seeds, split_for_env(env))
     cfg = CollectConfig(
         policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list,
-        guidance=json.loads(guidance.read_text()) if guidance else None, critic=str(critic) if critic else None,
+        guidance=read_json_file(guidance, "--guidance") if guidance else None, critic=str(critic) if critic else None,
         n_action_steps=n_action_steps, num_steps=num_steps, num_candidates=num_candidates, select=select,
         noise_seed=noise_seed, image_size=image_size, max_steps=max_steps, record_images=images,
     )

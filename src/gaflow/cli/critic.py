@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from gaflow.cli import app, comma_list
+from gaflow.cli import app, comma_list, read_json_file
 
 
 @app.command("train-critic")
@@ -65,7 +64,7 @@ def critic_report_cmd(
     from gaflow.evaluation.critic_check import critic_report_with_strength
     from gaflow.guidance import GuidanceConfig
 
-    gcfg = GuidanceConfig.from_dict(json.loads(guidance.read_text())) if guidance else GuidanceConfig()
+    gcfg = GuidanceConfig.from_dict(read_json_file(guidance, "--guidance")) if guidance else GuidanceConfig()
     out = out or critic / "report"
     rep = critic_report_with_strength(critic, data, out, policy_spec=policy, guidance_cfg=gcfg if policy else None,
                         max_states=max_states, same_data=not new_data)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list
+from gaflow.cli import BACKEND_HELP, RAY_ADDRESS_HELP, app, comma_list, read_json_file
 
 
 def _grid(items: list[str]) -> dict[str, list]:
@@ -50,7 +50,7 @@ def sweep(
     from gaflow.runtime.executor import make_executor
 
     seed_list, split = resolve_seeds(seeds, split_for_env(env), purpose="tune")
-    configs = grid_configs(json.loads(base.read_text()) if base else {}, _grid(grid))
+    configs = grid_configs(read_json_file(base, "--base") if base else {}, _grid(grid))
     ev = EvalConfig(policy=policy, env=env, tasks=comma_list(tasks), seeds=seed_list, split=split, critic=str(critic),
                     n_action_steps=n_action_steps, num_steps=num_steps, max_steps=max_steps)
     res = run_sweep(ev, configs, out, workers=workers, rule=rule,
@@ -110,7 +110,7 @@ def eval_cmd(
         guided_cfg = lk["guidance"]
         critic = critic or Path(lock_critic(lk, locked))
     elif guidance is not None:
-        guided_cfg = json.loads(guidance.read_text())
+        guided_cfg = read_json_file(guidance, "--guidance")
     needs_guidance = any(a != "unguided" for a in arm_names)
     if touches_test and needs_guidance and lk is None:
         raise typer.BadParameter("test seeds run only a config locked by `gaflow sweep` (--locked)")
