@@ -110,13 +110,15 @@ app = typer.Typer(
 
 
 def read_json_file(path, option: str):
-    """A JSON file given on the command line, or a usage error naming the option and the file."""
+    """A JSON file given on the command line; bad JSON is a user error naming the option and the file (a missing
+    file is reported as such by the CLI's error handler)."""
     import json
 
+    text = path.read_text()
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise typer.BadParameter(f"{option} {path}: {e}") from None
+        return json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{option} {path} is not valid JSON: {e}") from None
 
 
 def comma_list(text: str | None) -> list[str]:
