@@ -120,9 +120,9 @@ def sample_chunks(
     if guidance is not None:
         with autograd_enabled():  # buffers and features must be normal tensors, not inference tensors
             diag = GuidanceDiagnostics.empty(num_steps, bn)
-            feats = {k: normal_tensors(v).repeat_interleave(n, dim=0) for k, v in (features or {}).items()}
+            feats = {k: _rows(normal_tensors(v), n) for k, v in (features or {}).items()}
             extra = None if objective_context is None else {
-                k: normal_tensors(v).repeat_interleave(n, dim=0) if isinstance(v, torch.Tensor) else v
+                k: _rows(normal_tensors(v), n) if isinstance(v, torch.Tensor) else v
                 for k, v in objective_context.items()}
             objective = guidance.objective(feats, extra)
     guiding = guidance is not None and guidance.active
@@ -142,10 +142,12 @@ def sample_chunks(
             return velocity(x_, t_)
         v = None if needs_graph else velocity(x_, t_)
         with autograd_enabled():
+            # x_, t_ and v are only read (the estimator builds its own leaf from the real dims), so they go in as
+            # they are, inference tensors or not: no copy of the padded state per step
             step = FlowStep(
-                x=normal_tensors(x_), t=normal_tensors(t_), step=k, grid=grid, convention=spec.convention, action_dim=d,
-                velocity_fn=graph_velocity if needs_graph else velocity,
-                velocity=None if v is None else normal_tensors(v),
+                x=normal_tensors(x_) if needs_graph else x_, t=normal_tensors(t_) if needs_graph else t_, step=k,
+                grid=grid, convention=spec.convention, action_dim=d,
+                velocity_fn=graph_velocity if needs_graph else velocity, velocity=v,
             )
             return guidance.guided_velocity(step, objective, w, diag if record else None)
 
@@ -195,6 +197,11 @@ def sample_chunks(
         selected = torch.zeros(batch, dtype=torch.long)
     chunk = candidates[torch.arange(batch), selected]
     return SampleResult(chunk, candidates, selected, values, diag, features)
+
+
+def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """One row per candidate (``repeat_interleave``; ``n = 1`` keeps the tensor as it is, no copy)."""
+    return x if n == 1 else x.repeat_interleave(n, dim=0)
 
 
 def _batch_size(context: Any, probe: torch.Tensor | None) -> int:

@@ -162,10 +162,10 @@ class LeRobotGuidanceHook:
             return v
         t = torch.full((x_t.shape[0],), float(time), dtype=torch.float32, device=x_t.device)
         with autograd_enabled():
+            # x_t and v are only read (the estimator builds its own leaf from the real dims): no copies
             step = FlowStep(
-                x=normal_tensors(x_t), t=t, step=k, grid=chunk["grid"], convention=TimeConvention.LEROBOT,
-                action_dim=self.adapter.spec.action_dim, velocity_fn=original_denoise_step_partial,
-                velocity=normal_tensors(v),
+                x=x_t, t=t, step=k, grid=chunk["grid"], convention=TimeConvention.LEROBOT,
+                action_dim=self.adapter.spec.action_dim, velocity_fn=original_denoise_step_partial, velocity=v,
             )
             return g.guided_velocity(step, chunk["objective"], w, self.diagnostics)
 

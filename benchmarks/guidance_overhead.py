@@ -1,0 +1,285 @@
+"""What guidance adds per chunk on real policy paths, against the bare forward+backward of its critics (issue #18).
+
+    HF_HUB_OFFLINE=1 uv run python benchmarks/guidance_overhead.py --threads 1 2 --rounds 40
+
+One process, every arm of a thread setting timed round-robin (``--rounds`` rounds, medians), on three paths:
+
+* ``smolvla explicit`` — a tiny SmolVLA built offline (``gaflow.testing.lerobot_tiny``; H = 50, 7 real action dims
+  padded to 32, 10 flow steps, batch 1) sampled by gaflow's loop, ``sample_chunks(adapter, context=…)`` on a
+  context encoded once (encoding costs the same with and without guidance);
+* ``smolvla hook`` — LeRobot's own ``predict_action_chunk`` on a preprocessed batch, bare and with
+  :class:`~gaflow.runtime.LeRobotGuidanceHook` attached (the hook pools its features from LeRobot's own prefix
+  pass, so that pooling is guidance cost here);
+* ``compact explicit`` — the shipped ``compact:builtin`` policy (H = 8, 4 action dims, 10 flow steps).
+
+Arms per path: ``unguided``, ``guided`` (clean estimate, GAF's β = 3, clip 1, gate k = 20; diagnostics recorded as
+always), the ``zero`` control (the same work, nothing applied) and ``floor``: a hand-written loop that alternates
+the policy's velocity and the critics' bare forward+backward and does nothing else — what an ideal guidance step
+would cost *inside* the loop (the critic runs cache-cold between velocity calls, unlike a back-to-back timing).
+Critics: ``EnsembleMLPCritic`` K = 3, hidden 512×512×512 on the ``state`` feature (0.71 M parameters per member on
+the SmolVLA chunk). ``critic`` arms: the bare forward+backward of those critics × the flow steps, back to back —
+one plain batched call on (features, chunk) with the gradient w.r.t. the chunk (the issue's denominator) — and the
+same with the features' share of the first layer computed once per chunk, as guidance does (``prepared``).
+
+Every arm runs under ``torch.inference_mode()`` (as a policy server calls it), except the critic arms. Reported
+per arm: median ms per chunk on the wall clock and on this process's CPU clock; ``added`` = the median over rounds
+of (arm − unguided) of the same round (paired, so drifting load hits both); ``× bare`` = added / bare critic
+forward+backward. On a shared machine other processes inflate wall time but not our CPU time (at 1 thread the CPU
+clock is the robust one; at 2 threads it also counts the second thread's work, so read wall there). The target of
+issue #18: ``guided`` adds ≤ 1.3× the bare forward+backward, on every path, at 1 and 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from gaflow.convention import step_size, time_grid
+from gaflow.critic import EnsembleMLPCritic
+from gaflow.guidance import CriticObjective, Guidance, GuidanceConfig
+from gaflow.io import atomic_write_json
+from gaflow.sampler import sample_chunks
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+GAF = dict(estimator="clean_estimate", scale=1 / 3, clip=1.0, gate_k=20.0, gate_min=0.1)
+
+
+def critic_for(features: dict[str, torch.Tensor], spec, hidden, members: int) -> EnsembleMLPCritic:
+    torch.manual_seed(0)
+    return EnsembleMLPCritic({"state": features["state"].shape[-1]}, spec.chunk_len, spec.action_dim,
+                             hidden=hidden, num_members=members).eval()
+
+
+def bare_critic_arms(critic, features: dict[str, torch.Tensor], spec) -> dict[str, Callable[[], None]]:
+    """The critics' forward+backward × flow steps, back to back: plain (one batched call on (features, chunk)) and
+    prepared (the features' first-layer share once per chunk, as guidance runs it)."""
+    feats = {"state": features["state"].clone()}
+    chunk = torch.randn(1, spec.chunk_len, spec.action_dim, generator=torch.Generator().manual_seed(1))
+    objective = CriticObjective(critic, feats)
+
+    def plain():
+        for _ in range(spec.num_steps):
+            c = chunk.detach().requires_grad_(True)
+            torch.autograd.grad(critic(feats, c).mean(0).sum(), c)
+
+    def prepared():
+        for _ in range(spec.num_steps):
+            objective.value_and_grad(chunk)
+
+    return {"critic fwd+bwd": plain, "critic fwd+bwd, prepared": prepared}
+
+
+def floor_arm(policy, context, critic, features, noise: torch.Tensor) -> Callable[[], None]:
+    """The policy's Euler loop with the bare critic forward+backward at every step and nothing else."""
+    spec = policy.spec
+    d, n = spec.action_dim, spec.num_steps
+    grid, dt = time_grid(spec.convention, n), step_size(spec.convention, n)
+    feats = {"state": features["state"].clone()}
+
+    def run():  # called under inference mode, like every arm
+        x = noise
+        for k in range(n):
+            v = policy.velocity(context, x, grid[k].expand(x.shape[0]))
+            with torch.inference_mode(False), torch.enable_grad():
+                c = x[..., :d].clone().requires_grad_(True)
+                torch.autograd.grad(critic(feats, c).mean(0).sum(), c)
+            x = x + dt * v
+
+    return run
+
+
+def smolvla_paths(args, workdir: str) -> tuple[dict, dict, dict]:
+    from gaflow.policies.lerobot import wrap_lerobot_policy
+    from gaflow.runtime import LeRobotGuidanceHook
+    from gaflow.testing.lerobot_tiny import OfflineModelConfig, build_offline_policy, example_observation
+
+    cfg = OfflineModelConfig(family="smolvla", size="tiny", action_dim=7, state_dim=8, chunk_size=50)
+    policy, pre, post = build_offline_policy(cfg, workdir)
+    adapter = wrap_lerobot_policy(policy, pre, post)
+    spec = adapter.spec
+    obs = example_observation(policy.config, 1, seed=0)
+    noise = torch.randn(1, spec.chunk_len, spec.padded_dim, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ctx = adapter.encode(obs)
+        batch = adapter.preprocess(obs)
+    critic = critic_for(ctx.features, spec, args.critic_hidden, args.members)
+    guided, zero = Guidance(critic, GuidanceConfig(**GAF)), Guidance(critic, GuidanceConfig(**GAF, control="zero"))
+    hook_g, hook_z = LeRobotGuidanceHook(adapter, guided), LeRobotGuidanceHook(adapter, zero)
+
+    def hooked(hook):
+        def run():
+            with hook:
+                policy.predict_action_chunk(batch, noise=noise.clone())
+        return run
+
+    explicit = {
+        "unguided": lambda: sample_chunks(adapter, context=ctx, noise=noise),
+        "guided": lambda: sample_chunks(adapter, context=ctx, noise=noise, guidance=guided),
+        "zero": lambda: sample_chunks(adapter, context=ctx, noise=noise, guidance=zero),
+        "floor": floor_arm(adapter, ctx, critic, ctx.features, noise),
+        # diagnostics are summarised when read: this arm pays for reading them
+        "guided + summary()": lambda: sample_chunks(adapter, context=ctx, noise=noise,
+                                                    guidance=guided).diagnostics.summary(),
+    }
+    hook = {
+        "unguided": lambda: policy.predict_action_chunk(batch, noise=noise.clone()),
+        "guided": hooked(hook_g),
+        "zero": hooked(hook_z),
+    }
+    with torch.inference_mode():  # the controls must not change a bit of the output
+        ref = sample_chunks(adapter, context=ctx, noise=noise).chunk
+        assert torch.equal(sample_chunks(adapter, context=ctx, noise=noise, guidance=zero).chunk, ref)
+        lerobot = policy.predict_action_chunk(batch, noise=noise.clone())
+        with hook_z:
+            assert torch.equal(policy.predict_action_chunk(batch, noise=noise.clone()), lerobot)
+    info = {"policy_params": sum(p.numel() for p in policy.parameters()), "chunk_len": spec.chunk_len,
+            "action_dim": spec.action_dim, "padded_dim": spec.padded_dim, "num_steps": spec.num_steps,
+            "critic_params_per_member": sum(p.numel() for p in critic.parameters()) // args.members}
+    return ({"explicit": explicit, "hook": hook}, bare_critic_arms(critic, ctx.features, spec), info)
+
+
+def compact_path(args) -> tuple[dict, dict, dict]:
+    from gaflow.policies.registry import load_policy
+
+    policy = load_policy("compact:builtin")
+    spec = policy.spec
+    g = torch.Generator().manual_seed(0)
+    obs = {"observation.image": torch.rand(1, 3, policy.config.image_size, policy.config.image_size, generator=g),
+           "observation.state": torch.randn(1, policy.config.state_dim, generator=g),
+           "observation.environment_state": torch.randn(1, policy.config.env_state_dim, generator=g),
+           "task": ["insert the gripper into the hole"]}
+    noise = torch.randn(1, spec.chunk_len, spec.padded_dim, generator=g)
+    with torch.inference_mode():
+        ctx = policy.encode(obs)
+    feats = policy.critic_features(ctx)
+    critic = critic_for(feats, spec, args.critic_hidden, args.members)
+    guided, zero = Guidance(critic, GuidanceConfig(**GAF)), Guidance(critic, GuidanceConfig(**GAF, control="zero"))
+    arms = {
+        "unguided": lambda: sample_chunks(policy, context=ctx, noise=noise),
+        "guided": lambda: sample_chunks(policy, context=ctx, noise=noise, guidance=guided),
+        "zero": lambda: sample_chunks(policy, context=ctx, noise=noise, guidance=zero),
+        "floor": floor_arm(policy, ctx, critic, feats, noise),
+    }
+    with torch.inference_mode():
+        assert torch.equal(sample_chunks(policy, context=ctx, noise=noise, guidance=zero).chunk,
+                           sample_chunks(policy, context=ctx, noise=noise).chunk)
+    info = {"chunk_len": spec.chunk_len, "action_dim": spec.action_dim, "num_steps": spec.num_steps,
+            "critic_params_per_member": sum(p.numel() for p in critic.parameters()) // args.members}
+    return {"explicit": arms}, bare_critic_arms(critic, feats, spec), info
+
+
+def time_rounds(fns: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, dict[str, list[float]]]:
+    """Per-call ms of every function, round-robin, on the wall clock and this process's CPU clock. The order is
+    shuffled every round (seeded), so no arm always inherits the caches another arm left warm."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for name in order:
+            fn = fns[name]
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append((time.perf_counter() - w0) * 1e3)
+            cpu[name].append((time.process_time() - c0) * 1e3)
+    return {"wall": wall, "cpu": cpu}
+
+
+def in_inference_mode(fn: Callable[[], object]) -> Callable[[], None]:
+    def run():
+        with torch.inference_mode():
+            fn()
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--paths", nargs="+", default=["smolvla", "compact"], choices=["smolvla", "compact"])
+    ap.add_argument("--critic-hidden", type=int, nargs="+", default=[512, 512, 512])
+    ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--json", type=str, default=None, help="also write the results here (atomically)")
+    args = ap.parse_args()
+    console = Console(width=150)
+
+    workdir = tempfile.TemporaryDirectory(prefix="gaflow_overhead_")
+    paths: dict[str, dict[str, Callable]] = {}
+    bare: dict[str, dict[str, Callable]] = {}
+    info: dict[str, dict] = {}
+    if "smolvla" in args.paths:
+        sv, sv_bare, info["smolvla"] = smolvla_paths(args, workdir.name)
+        paths["smolvla explicit"], paths["smolvla hook"] = sv["explicit"], sv["hook"]
+        bare["smolvla explicit"] = bare["smolvla hook"] = sv_bare
+    if "compact" in args.paths:
+        cp, cp_bare, info["compact"] = compact_path(args)
+        paths["compact explicit"] = cp["explicit"]
+        bare["compact explicit"] = cp_bare
+    console.print(f"paths: {info}")
+
+    results: dict = {"args": vars(args), "info": info, "torch": torch.__version__, "threads": {}}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        fns: dict[str, Callable[[], None]] = {}
+        for path, arms in paths.items():
+            for arm, fn in arms.items():
+                fns[f"{path}/{arm}"] = in_inference_mode(fn)
+        critic_keys = {}
+        for path, arms in bare.items():
+            family = path.split()[0]
+            for arm, fn in arms.items():
+                critic_keys[(family, arm)] = f"{family} {arm}"
+                fns[f"{family} {arm}"] = fn
+        load0 = os.getloadavg()
+        t = time_rounds(fns, args.rounds, args.warmup)
+        load1 = os.getloadavg()
+        med = {c: {k: statistics.median(v) for k, v in t[c].items()} for c in t}
+        table = Table(title=f"{threads} thread(s), {args.rounds} interleaved rounds; load average "
+                            f"{load0[0]:.1f} → {load1[0]:.1f} on {os.cpu_count()} CPUs")
+        for col in ("path / arm", "ms wall", "ms cpu", "added wall", "added cpu", "× bare (wall)", "× bare (cpu)",
+                    "× prepared (cpu)"):
+            table.add_column(col, justify="left" if col == "path / arm" else "right")
+        summary: dict = {"load_average": [load0, load1], "median_ms": med, "added_ms": {}, "ratio": {}}
+        for path, arms in paths.items():
+            family = path.split()[0]
+            b = {c: med[c][f"{family} critic fwd+bwd"] for c in t}
+            bp = med["cpu"][f"{family} critic fwd+bwd, prepared"]
+            for arm in arms:
+                key = f"{path}/{arm}"
+                added = {c: statistics.median(x - y for x, y in zip(t[c][key], t[c][f"{path}/unguided"],
+                                                                    strict=True)) for c in t}
+                ratio = {c: added[c] / b[c] for c in t}
+                summary["added_ms"][key], summary["ratio"][key] = added, ratio
+                dash = arm == "unguided"
+                table.add_row(key, f"{med['wall'][key]:.2f}", f"{med['cpu'][key]:.2f}",
+                              *(("—",) * 5 if dash else (f"{added['wall']:.2f}", f"{added['cpu']:.2f}",
+                                                          f"{ratio['wall']:.2f}", f"{ratio['cpu']:.2f}",
+                                                          f"{added['cpu'] / bp:.2f}")))
+        for name in sorted({v for v in critic_keys.values()}):
+            table.add_row(name, f"{med['wall'][name]:.2f}", f"{med['cpu'][name]:.2f}", *("",) * 5)
+        console.print(table)
+        results["threads"][str(threads)] = summary
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out, results)
+    workdir.cleanup()
+
+
+if __name__ == "__main__":
+    main()
