@@ -172,12 +172,12 @@ class Guidance:
         """
         cfg, d = self.config, step.action_dim
         v, g_raw, val = estimate(cfg.estimator, step, objective)  # type: ignore[arg-type]
-        ok = _finite(val.total + g_raw.flatten(1).sum(1))  # (B,): NaN/inf anywhere in J or g
+        ok = _finite(val.total + g_raw.sum(tuple(range(1, g_raw.dim()))))  # (B,): NaN/inf anywhere in J or g
         g = torch.where(ok.view(-1, 1, 1), g_raw, 0.0)  # a non-finite sample gets no guidance (g = 0 ⇒ Δ = 0)
         v_real = real_dims(v, d)
         strength = cfg.strength
         g_norm = per_sample_norm(g) if strength.needs_g_norm else None
-        v_norm = per_sample_norm(v_real) if strength.relative is not None or diag is not None else None
+        v_norm = per_sample_norm(v_real) if strength.relative is not None else None
         delta = strength(g, v_real, g_norm, v_norm)
         std = None
         if cfg.gate.inactive:
@@ -201,7 +201,8 @@ class Guidance:
         if diag is not None:
             q = val.critic
             diag.stage(StagedStep(
-                step=step.step, g=g, ok=ok, v_norm=v_norm, g_norm=g_norm, applied=applied, gate=gate,
+                step=step.step, g=g, ok=ok, v_norm=v_norm, v_real=None if v_norm is not None else v_real.clone(),
+                g_norm=g_norm, applied=applied, gate=gate,
                 members=None if q is None else q.members, std=std, fell_back=fell_back,
                 term_values=val.terms, term_grads=val.term_grads,
             ))

@@ -22,7 +22,8 @@ class StagedStep:
     step: int
     g: torch.Tensor  # (B, H, d) the gradient the strength saw (non-finite samples already zeroed)
     ok: torch.Tensor  # (B,) bool: finite value and gradient
-    v_norm: torch.Tensor  # (B,) ‖v‖ over the real dims
+    v_norm: torch.Tensor | None  # (B,) ‖v‖ over the real dims, when the strength needed it (relative)
+    v_real: torch.Tensor | None  # (B, H, d) otherwise: a copy of v's real dims (the policy may reuse its output)
     g_norm: torch.Tensor | None  # (B,) ‖g‖ when the strength needed it (clip, relative)
     applied: torch.Tensor | None  # (B, H, d) Δ added to the velocity (before the convention sign); None: nothing
     gate: torch.Tensor | None  # (B,) ensemble gate × trust gate; None: 1
@@ -143,17 +144,18 @@ class GuidanceDiagnostics:
         g = torch.stack([s.g for s in staged])  # (S, B, H, d)
         ok = torch.stack([s.ok for s in staged])  # (S, B)
         g_norm = (torch.stack([s.g_norm for s in staged]) if all(s.g_norm is not None for s in staged)
-                  else torch.linalg.vector_norm(g.flatten(2), dim=2))
-        v_norm = torch.stack([s.v_norm for s in staged]).clamp_min(EPS)
+                  else _row_norm(g))
+        v_norm = (torch.stack([s.v_norm for s in staged]) if all(s.v_norm is not None for s in staged)
+                  else _row_norm(torch.stack([s.v_real for s in staged]))).clamp_min(EPS)
         zeros = torch.zeros_like(g_norm)
         if all(s.applied is None for s in staged):  # the zero control: nothing applied, no direction
             applied_norm, cos = zeros, torch.full_like(g_norm, nan)
         else:
             applied = torch.stack([torch.zeros_like(s.g) if s.applied is None else s.applied for s in staged])
-            applied_norm = torch.linalg.vector_norm(applied.flatten(2), dim=2)
+            applied_norm = _row_norm(applied)
             cos = (g * applied).flatten(2).sum(2) / (g_norm * applied_norm).clamp_min(EPS)
             cos = torch.where(applied_norm > 0, cos, nan)
-        gate = torch.stack([torch.ones_like(s.v_norm) if s.gate is None else s.gate for s in staged])
+        gate = torch.stack([torch.ones_like(s.ok, dtype=g.dtype) if s.gate is None else s.gate for s in staged])
         if staged[0].members is None:
             q_mean = q_std = torch.full_like(g_norm, nan)
         else:
@@ -169,7 +171,7 @@ class GuidanceDiagnostics:
         for name in names:
             share = torch.stack([s.term_grads[name] for s in staged])
             rows.append(torch.stack([torch.stack([s.term_values[name] for s in staged]),
-                                     torch.linalg.vector_norm(share.flatten(2), dim=2)]))
+                                     _row_norm(share)]))
         counts = [(~ok).sum()]
         if any(s.fell_back is not None for s in staged):
             fell = torch.stack([torch.zeros_like(s.ok) if s.fell_back is None else s.fell_back for s in staged])
@@ -215,6 +217,12 @@ class GuidanceDiagnostics:
         out["fallback"] = self.fallback
         out["posthoc_skipped"] = self.posthoc_skipped
         return out
+
+
+def _row_norm(x: torch.Tensor) -> torch.Tensor:
+    """``(S, B, ...) -> (S, B)``: the per-sample L2 norm of every staged step at once (each row is reduced exactly
+    as :func:`~gaflow.guidance.strength.per_sample_norm` reduces it in one step)."""
+    return torch.linalg.vector_norm(x.flatten(2), dim=2)
 
 
 def _nanmean(v: torch.Tensor) -> float:
