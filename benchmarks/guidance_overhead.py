@@ -55,10 +55,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GAF = dict(estimator="clean_estimate", scale=1 / 3, clip=1.0, gate_k=20.0, gate_min=0.1)
 
 
-def critic_for(features: dict[str, torch.Tensor], spec, hidden, members: int) -> EnsembleMLPCritic:
+def critic_for(features: dict[str, torch.Tensor], spec, hidden, members: int, device: str) -> EnsembleMLPCritic:
     torch.manual_seed(0)
     return EnsembleMLPCritic({"state": features["state"].shape[-1]}, spec.chunk_len, spec.action_dim,
-                             hidden=hidden, num_members=members).eval()
+                             hidden=hidden, num_members=members).eval().to(device)
 
 
 def bare_critic_arms(critic, features: dict[str, torch.Tensor], spec) -> dict[str, Callable[[], None]]:
@@ -66,6 +66,7 @@ def bare_critic_arms(critic, features: dict[str, torch.Tensor], spec) -> dict[st
     prepared (the features' first-layer share once per chunk, as guidance runs it)."""
     feats = {"state": features["state"].clone()}
     chunk = torch.randn(1, spec.chunk_len, spec.action_dim, generator=torch.Generator().manual_seed(1))
+    chunk = chunk.to(feats["state"].device)
     objective = CriticObjective(critic, feats)
 
     def plain():
@@ -100,20 +101,24 @@ def floor_arm(policy, context, critic, features, noise: torch.Tensor) -> Callabl
 
 
 def smolvla_paths(args, workdir: str) -> tuple[dict, dict, dict]:
+    """Tiny SmolVLA, H = 50, 7 real dims padded to 32: explicit loop and hook mode."""
     from gaflow.policies.lerobot import wrap_lerobot_policy
     from gaflow.runtime import LeRobotGuidanceHook
     from gaflow.testing.lerobot_tiny import OfflineModelConfig, build_offline_policy, example_observation
 
-    cfg = OfflineModelConfig(family="smolvla", size="tiny", action_dim=7, state_dim=8, chunk_size=50)
+    cfg = OfflineModelConfig(family="smolvla", size="tiny", action_dim=7, state_dim=8, chunk_size=50,
+                             extra={"device": args.device})
     policy, pre, post = build_offline_policy(cfg, workdir)
+    policy.to(args.device)
     adapter = wrap_lerobot_policy(policy, pre, post)
     spec = adapter.spec
     obs = example_observation(policy.config, 1, seed=0)
     noise = torch.randn(1, spec.chunk_len, spec.padded_dim, generator=torch.Generator().manual_seed(0))
+    noise = noise.to(args.device)
     with torch.inference_mode():
         ctx = adapter.encode(obs)
         batch = adapter.preprocess(obs)
-    critic = critic_for(ctx.features, spec, args.critic_hidden, args.members)
+    critic = critic_for(ctx.features, spec, args.critic_hidden, args.members, args.device)
     guided, zero = Guidance(critic, GuidanceConfig(**GAF)), Guidance(critic, GuidanceConfig(**GAF, control="zero"))
     hook_g, hook_z = LeRobotGuidanceHook(adapter, guided), LeRobotGuidanceHook(adapter, zero)
 
@@ -150,6 +155,7 @@ def smolvla_paths(args, workdir: str) -> tuple[dict, dict, dict]:
 
 
 def compact_path(args) -> tuple[dict, dict, dict]:
+    """The shipped compact policy, H = 8, 4 action dims (no padding); encoded on the CPU, then moved."""
     from gaflow.policies.registry import load_policy
 
     policy = load_policy("compact:builtin")
@@ -162,8 +168,11 @@ def compact_path(args) -> tuple[dict, dict, dict]:
     noise = torch.randn(1, spec.chunk_len, spec.padded_dim, generator=g)
     with torch.inference_mode():
         ctx = policy.encode(obs)
+    # the velocity reads only the context and the action expert; the CPU normaliser is not needed past encode
+    policy.to(args.device)
+    ctx, noise = {k: v.to(args.device) for k, v in ctx.items()}, noise.to(args.device)
     feats = policy.critic_features(ctx)
-    critic = critic_for(feats, spec, args.critic_hidden, args.members)
+    critic = critic_for(feats, spec, args.critic_hidden, args.members, args.device)
     guided, zero = Guidance(critic, GuidanceConfig(**GAF)), Guidance(critic, GuidanceConfig(**GAF, control="zero"))
     arms = {
         "unguided": lambda: sample_chunks(policy, context=ctx, noise=noise),
@@ -199,10 +208,23 @@ def time_rounds(fns: dict[str, Callable[[], None]], rounds: int, warmup: int) ->
     return {"wall": wall, "cpu": cpu}
 
 
-def in_inference_mode(fn: Callable[[], object]) -> Callable[[], None]:
+def paired_added(times: dict[str, list[float]], arm: str, base: str) -> float:
+    """Median over rounds of (arm − base) in the same round: drifting machine load hits both sides alike."""
+    return statistics.median(x - y for x, y in zip(times[arm], times[base], strict=True))
+
+
+def in_inference_mode(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], None]:
     def run():
         with torch.inference_mode():
             fn()
+        sync()
+    return run
+
+
+def synced(fn: Callable[[], object], sync: Callable[[], None]) -> Callable[[], None]:
+    def run():
+        fn()
+        sync()
     return run
 
 
@@ -214,9 +236,15 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=["smolvla", "compact"], choices=["smolvla", "compact"])
     ap.add_argument("--critic-hidden", type=int, nargs="+", default=[512, 512, 512])
     ap.add_argument("--members", type=int, default=3)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: the same arms on the GPU (wall clock only; --threads still sets the CPU threads)")
     ap.add_argument("--json", type=str, default=None, help="also write the results here (atomically)")
     args = ap.parse_args()
-    console = Console(width=150)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device visible")
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
+    clocks = ("wall",) if args.device == "cuda" else ("wall", "cpu")
+    console = Console(width=160)
 
     workdir = tempfile.TemporaryDirectory(prefix="gaflow_overhead_")
     paths: dict[str, dict[str, Callable]] = {}
@@ -238,40 +266,47 @@ def main() -> None:
         fns: dict[str, Callable[[], None]] = {}
         for path, arms in paths.items():
             for arm, fn in arms.items():
-                fns[f"{path}/{arm}"] = in_inference_mode(fn)
+                fns[f"{path}/{arm}"] = in_inference_mode(fn, sync)
         critic_keys = {}
         for path, arms in bare.items():
             family = path.split()[0]
             for arm, fn in arms.items():
                 critic_keys[(family, arm)] = f"{family} {arm}"
-                fns[f"{family} {arm}"] = fn
+                fns[f"{family} {arm}"] = synced(fn, sync)
         load0 = os.getloadavg()
         t = time_rounds(fns, args.rounds, args.warmup)
         load1 = os.getloadavg()
+        t = {c: t[c] for c in clocks}
         med = {c: {k: statistics.median(v) for k, v in t[c].items()} for c in t}
-        table = Table(title=f"{threads} thread(s), {args.rounds} interleaved rounds; load average "
-                            f"{load0[0]:.1f} → {load1[0]:.1f} on {os.cpu_count()} CPUs")
-        for col in ("path / arm", "ms wall", "ms cpu", "added wall", "added cpu", "× bare (wall)", "× bare (cpu)",
-                    "× prepared (cpu)"):
-            table.add_column(col, justify="left" if col == "path / arm" else "right")
-        summary: dict = {"load_average": [load0, load1], "median_ms": med, "added_ms": {}, "ratio": {}}
+        table = Table(title=f"{args.device}, {threads} thread(s), {args.rounds} shuffled rounds; load average "
+                            f"{load0[0]:.1f} → {load1[0]:.1f} on {os.cpu_count()} CPUs; ms per chunk (median); "
+                            "added = median of (arm − unguided) per round")
+        table.add_column("path / arm")
+        for c in clocks:
+            for col in ("ms", "added", "× bare", "× floor"):
+                table.add_column(f"{col} ({c})", justify="right")
+        summary: dict = {"load_average": [load0, load1], "median_ms": med, "added_ms": {}, "ratio": {},
+                         "ratio_prepared": {}, "ratio_floor": {}}
         for path, arms in paths.items():
             family = path.split()[0]
-            b = {c: med[c][f"{family} critic fwd+bwd"] for c in t}
-            bp = med["cpu"][f"{family} critic fwd+bwd, prepared"]
+
             for arm in arms:
                 key = f"{path}/{arm}"
-                added = {c: statistics.median(x - y for x, y in zip(t[c][key], t[c][f"{path}/unguided"],
-                                                                    strict=True)) for c in t}
-                ratio = {c: added[c] / b[c] for c in t}
-                summary["added_ms"][key], summary["ratio"][key] = added, ratio
-                dash = arm == "unguided"
-                table.add_row(key, f"{med['wall'][key]:.2f}", f"{med['cpu'][key]:.2f}",
-                              *(("—",) * 5 if dash else (f"{added['wall']:.2f}", f"{added['cpu']:.2f}",
-                                                          f"{ratio['wall']:.2f}", f"{ratio['cpu']:.2f}",
-                                                          f"{added['cpu'] / bp:.2f}")))
-        for name in sorted({v for v in critic_keys.values()}):
-            table.add_row(name, f"{med['wall'][name]:.2f}", f"{med['cpu'][name]:.2f}", *("",) * 5)
+                row = [key]
+                for c in clocks:
+                    a = paired_added(t[c], key, f"{path}/unguided")
+                    bare_ms, prep_ms = med[c][f"{family} critic fwd+bwd"], med[c][f"{family} critic fwd+bwd, prepared"]
+                    floor = paired_added(t[c], f"{path}/floor", f"{path}/unguided") if "floor" in arms else float("nan")
+                    if arm != "unguided":
+                        summary["added_ms"].setdefault(key, {})[c] = a
+                        summary["ratio"].setdefault(key, {})[c] = a / bare_ms
+                        summary["ratio_prepared"].setdefault(key, {})[c] = a / prep_ms
+                        summary["ratio_floor"].setdefault(key, {})[c] = a / floor
+                    row += [f"{med[c][key]:.2f}"] + (["—"] * 3 if arm == "unguided" else [
+                        f"{a:.2f}", f"{a / bare_ms:.2f}", "—" if arm == "floor" or floor != floor else f"{a / floor:.2f}"])
+                table.add_row(*row)
+        for name in sorted(set(critic_keys.values())):
+            table.add_row(name, *(x for c in clocks for x in (f"{med[c][name]:.2f}", "", "", "")))
         console.print(table)
         results["threads"][str(threads)] = summary
     if args.json:
