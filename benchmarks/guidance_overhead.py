@@ -14,8 +14,9 @@ One process, every arm of a thread setting timed round-robin (``--rounds`` round
 
 Arms per path: ``unguided``, ``guided`` (clean estimate, GAF's β = 3, clip 1, gate k = 20; diagnostics recorded as
 always), the ``zero`` control (the same work, nothing applied) and ``floor``: a hand-written loop that alternates
-the policy's velocity and the critics' bare forward+backward and does nothing else — what an ideal guidance step
-would cost *inside* the loop (the critic runs cache-cold between velocity calls, unlike a back-to-back timing).
+the policy's velocity and the critics' bare forward+backward and does nothing else (in hook mode: an RTC processor
+that does just that inside LeRobot's loop) — what an ideal guidance step would cost *inside* the loop: there the
+critic runs cache-cold, its weights evicted by the policy's forward pass, unlike a back-to-back timing.
 Critics: ``EnsembleMLPCritic`` K = 3, hidden 512×512×512 on the ``state`` feature (0.71 M parameters per member on
 the SmolVLA chunk). ``critic`` arms: the bare forward+backward of those critics × the flow steps, back to back —
 one plain batched call on (features, chunk) with the gradient w.r.t. the chunk (the issue's denominator) — and the
@@ -100,6 +101,28 @@ def floor_arm(policy, context, critic, features, noise: torch.Tensor) -> Callabl
     return run
 
 
+class FloorProcessor:
+    """Hook mode's floor: an RTC processor that returns LeRobot's own velocity after the bare critic
+    forward+backward, and does nothing else."""
+
+    def __init__(self, critic, features: dict[str, torch.Tensor], action_dim: int) -> None:
+        self.critic, self.features, self.d = critic, {"state": features["state"].clone()}, action_dim
+
+    def denoise_step(self, x_t, prev_chunk_left_over=None, inference_delay=None, time=1.0,
+                     original_denoise_step_partial=None, execution_horizon=None):
+        v = original_denoise_step_partial(x_t)
+        with torch.inference_mode(False), torch.enable_grad():
+            c = x_t[..., : self.d].clone().requires_grad_(True)
+            torch.autograd.grad(self.critic(self.features, c).mean(0).sum(), c)
+        return v
+
+    def is_debug_enabled(self) -> bool:
+        return False
+
+    def track(self, **kwargs) -> None:
+        pass
+
+
 def smolvla_paths(args, workdir: str) -> tuple[dict, dict, dict]:
     """Tiny SmolVLA, H = 50, 7 real dims padded to 32: explicit loop and hook mode."""
     from gaflow.policies.lerobot import wrap_lerobot_policy
@@ -128,6 +151,18 @@ def smolvla_paths(args, workdir: str) -> tuple[dict, dict, dict]:
                 policy.predict_action_chunk(batch, noise=noise.clone())
         return run
 
+    floor_processor = FloorProcessor(critic, ctx.features, spec.action_dim)
+
+    def hook_floor():
+        from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+        saved = policy.config.rtc_config, policy.model.rtc_processor
+        policy.config.rtc_config, policy.model.rtc_processor = RTCConfig(enabled=True), floor_processor
+        try:
+            policy.predict_action_chunk(batch, noise=noise.clone())
+        finally:
+            policy.config.rtc_config, policy.model.rtc_processor = saved
+
     explicit = {
         "unguided": lambda: sample_chunks(adapter, context=ctx, noise=noise),
         "guided": lambda: sample_chunks(adapter, context=ctx, noise=noise, guidance=guided),
@@ -141,6 +176,7 @@ def smolvla_paths(args, workdir: str) -> tuple[dict, dict, dict]:
         "unguided": lambda: policy.predict_action_chunk(batch, noise=noise.clone()),
         "guided": hooked(hook_g),
         "zero": hooked(hook_z),
+        "floor": hook_floor,
     }
     with torch.inference_mode():  # the controls must not change a bit of the output
         ref = sample_chunks(adapter, context=ctx, noise=noise).chunk
