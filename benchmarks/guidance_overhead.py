@@ -53,6 +53,7 @@ from gaflow.sampler import sample_chunks
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+EVICTION_ARMS = ("critic fwd+bwd, caches evicted", "cache eviction alone")
 GAF = dict(estimator="clean_estimate", scale=1 / 3, clip=1.0, gate_k=20.0, gate_min=0.1)
 
 
@@ -80,6 +81,31 @@ def bare_critic_arms(critic, features: dict[str, torch.Tensor], spec) -> dict[st
             objective.value_and_grad(chunk)
 
     return {"critic fwd+bwd": plain, "critic fwd+bwd, prepared": prepared}
+
+
+def eviction_arms(critic, features: dict[str, torch.Tensor], spec, megabytes: int) -> dict[str, Callable[[], None]]:
+    """Why the floor exceeds the back-to-back critic: the same bare forward+backward × flow steps with
+    ``megabytes`` of memory streamed through the caches before each step (as a policy's forward pass does), and
+    that streaming alone (subtract it)."""
+    feats = {"state": features["state"].clone()}
+    chunk = torch.randn(1, spec.chunk_len, spec.action_dim, generator=torch.Generator().manual_seed(1))
+    chunk = chunk.to(feats["state"].device)
+    junk = torch.ones(megabytes * 2**18, device=feats["state"].device)  # float32: 4 bytes each
+
+    def stream():
+        junk.mul_(1.0)  # reads and writes every byte
+
+    def evicted():
+        for _ in range(spec.num_steps):
+            stream()
+            c = chunk.detach().requires_grad_(True)
+            torch.autograd.grad(critic(feats, c).mean(0).sum(), c)
+
+    def streaming_alone():
+        for _ in range(spec.num_steps):
+            stream()
+
+    return dict(zip(EVICTION_ARMS, (evicted, streaming_alone), strict=True))
 
 
 def floor_arm(policy, context, critic, features, noise: torch.Tensor) -> Callable[[], None]:
@@ -187,7 +213,10 @@ def smolvla_paths(args, workdir: str) -> tuple[dict, dict, dict]:
     info = {"policy_params": sum(p.numel() for p in policy.parameters()), "chunk_len": spec.chunk_len,
             "action_dim": spec.action_dim, "padded_dim": spec.padded_dim, "num_steps": spec.num_steps,
             "critic_params_per_member": sum(p.numel() for p in critic.parameters()) // args.members}
-    return ({"explicit": explicit, "hook": hook}, bare_critic_arms(critic, ctx.features, spec), info)
+    bare = bare_critic_arms(critic, ctx.features, spec)
+    if args.evict_mb:
+        bare.update(eviction_arms(critic, ctx.features, spec, args.evict_mb))
+    return {"explicit": explicit, "hook": hook}, bare, info
 
 
 def compact_path(args) -> tuple[dict, dict, dict]:
@@ -221,7 +250,10 @@ def compact_path(args) -> tuple[dict, dict, dict]:
                            sample_chunks(policy, context=ctx, noise=noise).chunk)
     info = {"chunk_len": spec.chunk_len, "action_dim": spec.action_dim, "num_steps": spec.num_steps,
             "critic_params_per_member": sum(p.numel() for p in critic.parameters()) // args.members}
-    return {"explicit": arms}, bare_critic_arms(critic, feats, spec), info
+    bare = bare_critic_arms(critic, feats, spec)
+    if args.evict_mb:
+        bare.update(eviction_arms(critic, feats, spec, args.evict_mb))
+    return {"explicit": arms}, bare, info
 
 
 def time_rounds(fns: dict[str, Callable[[], None]], rounds: int, warmup: int) -> dict[str, dict[str, list[float]]]:
@@ -274,6 +306,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=3)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: the same arms on the GPU (wall clock only; --threads still sets the CPU threads)")
+    ap.add_argument("--evict-mb", type=int, default=0,
+                    help="also time the bare critic with this many MB streamed through the caches before each step")
     ap.add_argument("--json", type=str, default=None, help="also write the results here (atomically)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -286,13 +320,16 @@ def main() -> None:
     paths: dict[str, dict[str, Callable]] = {}
     bare: dict[str, dict[str, Callable]] = {}
     info: dict[str, dict] = {}
+    evictors: dict[str, dict[str, Callable]] = {}
     if "smolvla" in args.paths:
         sv, sv_bare, info["smolvla"] = smolvla_paths(args, workdir.name)
         paths["smolvla explicit"], paths["smolvla hook"] = sv["explicit"], sv["hook"]
+        evictors["smolvla"] = {k: sv_bare.pop(k) for k in list(sv_bare) if k in EVICTION_ARMS}
         bare["smolvla explicit"] = bare["smolvla hook"] = sv_bare
     if "compact" in args.paths:
         cp, cp_bare, info["compact"] = compact_path(args)
         paths["compact explicit"] = cp["explicit"]
+        evictors["compact"] = {k: cp_bare.pop(k) for k in list(cp_bare) if k in EVICTION_ARMS}
         bare["compact explicit"] = cp_bare
     console.print(f"paths: {info}")
 
@@ -344,6 +381,17 @@ def main() -> None:
         for name in sorted(set(critic_keys.values())):
             table.add_row(name, *(x for c in clocks for x in (f"{med[c][name]:.2f}", "", "", "")))
         console.print(table)
+        if args.evict_mb:
+            for family in sorted({p.split()[0] for p in paths}):
+                ev = time_rounds({k: synced(f, sync) for k, f in evictors[family].items()}, args.rounds, args.warmup)
+                e = {c: statistics.median(x - y for x, y in zip(ev[c]["critic fwd+bwd, caches evicted"],
+                                                                ev[c]["cache eviction alone"], strict=True))
+                     for c in clocks}
+                summary.setdefault("evicted_critic_ms", {})[family] = e
+                console.print(f"{family} critic fwd+bwd × steps with {args.evict_mb} MB streamed through the caches "
+                              "before each step (minus the streaming alone): "
+                              + ", ".join(f"{e[c]:.2f} ms {c} = {e[c] / med[c][f'{family} critic fwd+bwd']:.2f}× "
+                                          "back to back" for c in clocks))
         results["threads"][str(threads)] = summary
     if args.json:
         out = Path(args.json)

@@ -12,7 +12,9 @@ candidates per observation share the observation's context (encoded once). Noise
 seeded generator, so every arm of an evaluation can start from the same noise.
 
 Guidance needs gradients even when the caller runs under ``torch.no_grad()`` or ``torch.inference_mode()``: the
-critic step re-enables autograd in a narrow scope on tensors cloned out of inference mode.
+policy keeps running in the caller's mode (inference mode is the fastest for it), and only the critic's step
+re-enables autograd, in a narrow scope, on a leaf made from the real action dims (the padded state is never
+copied; the features are made normal tensors once per chunk).
 """
 
 from __future__ import annotations
