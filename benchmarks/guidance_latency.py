@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 
@@ -48,15 +49,18 @@ def timeit(fn, reps: int, warmup: int = 3) -> float:
 
 
 def time_interleaved(fns: dict, reps: int, warmup: int = 3) -> dict[str, float]:
-    """Median ms per call of each function, timed round-robin so drifting machine load hits all arms alike."""
+    """Median ms per call of each function, timed round-robin so drifting machine load hits all arms alike; the
+    order is shuffled every round (seeded), so no arm always inherits the caches the previous one left warm."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    order, rng = list(fns), random.Random(0)
     for _ in range(reps):
-        for name, fn in fns.items():
+        rng.shuffle(order)
+        for name in order:
             t0 = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 

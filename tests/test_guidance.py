@@ -1,12 +1,14 @@
 """Guidance: sign, strength, estimators against ground truth, objective terms, controls, uncertainty, diagnostics,
 config validation."""
 
+import collections
 import json
 import math
 
 import pytest
 import torch
 from helpers import LinearCritic, QuadraticCritic, gaussian_policy, mlp_policy
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gaflow.convention import clean_estimate, time_grid
 from gaflow.critic import EnsembleMLPCritic
@@ -21,6 +23,7 @@ from gaflow.guidance import (
     GuidanceDiagnostics,
     Strength,
     estimate,
+    per_sample_norm,
     register_term,
 )
 from gaflow.guidance.controls import episode_control_seed
@@ -628,3 +631,103 @@ def test_objectives_are_normalised_so_equal_objectives_are_equal_configs():
     full = GuidanceConfig(objectives=[{"name": "critic", "weight": 1.0}, {"name": "linear_a", "weight": 1.0, "gain": 2}])
     assert short == full and short.config_hash() == full.config_hash()
     assert GuidanceConfig.from_dict(short.to_dict()) == short
+
+
+# ----------------------------------------------------------------------------------------------- cost (issue #18)
+class _CountOps(TorchDispatchMode):
+    """Counts every ATen op dispatched (forward and backward) — a machine-independent measure of per-step cost."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[str(func)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _ops(fn) -> collections.Counter:
+    with _CountOps() as c:
+        fn()
+    return c.ops
+
+
+HOST_SYNCS = ("aten._local_scalar_dense.default", "aten.is_nonzero.default")  # .item(), int(), bool() of a tensor
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_guided_step_adds_few_tensor_ops_and_no_host_sync_beyond_the_critic(mode):
+    """Beyond the critic's forward+backward (prepared, as guidance runs it) a guided step with clip, gate and
+    diagnostics spends a few dozen (B,)-sized ops — before issue #18 it spent ~75 and two host syncs."""
+    policy, ctx, noise = mlp_policy("lerobot"), {"obs": torch.randn(2, 5)}, torch.randn(2, 4, 3)
+    critic = EnsembleMLPCritic({"observation": 5}, chunk_len=4, action_dim=2, hidden=(16, 16), num_members=3)
+    guidance = Guidance(critic, GuidanceConfig(scale=0.5, clip=1.0, gate_k=5.0, fallback_std=10.0))
+    with mode():
+        unguided = sum(_ops(lambda: sample_chunks(policy, context=ctx, noise=noise)).values())
+        guided = _ops(lambda: sample_chunks(policy, context=ctx, noise=noise, guidance=guidance))
+    objective = CriticObjective(critic, {"observation": ctx["obs"]})
+    critic_step = sum(_ops(lambda: objective.value_and_grad(noise[..., :2])).values())
+    per_step = (sum(guided.values()) - unguided - 10 * critic_step) / 10
+    assert per_step <= 40, f"{per_step} ops per guided step beyond the critic"
+    assert not any(guided[s] for s in HOST_SYNCS)
+
+
+def test_diagnostics_are_summarised_when_read_and_equal_the_per_step_formulas():
+    """The step only stages tensors; the first read summarises every staged step at once. The values are the
+    per-step formulas', bit for bit."""
+    policy = mlp_policy("lerobot")
+    ctx, x = {"obs": torch.randn(5, 5)}, torch.randn(5, 4, 3)
+    critic = EnsembleMLPCritic({"observation": 5}, chunk_len=4, action_dim=2, hidden=(8,), num_members=3)
+    for cfg in (GuidanceConfig(scale=0.7, clip=0.5, gate_k=3.0), GuidanceConfig(relative=0.3),
+                GuidanceConfig(scale=0.2, control="zero")):
+        guidance = Guidance(critic, cfg)
+        objective = guidance.objective({"observation": ctx["obs"]})
+        diag = GuidanceDiagnostics.empty(10, 5)
+        steps = [_step(policy, ctx, x, k=k) for k in (2, 6)]
+        outs = [guidance.guided_velocity(s, objective, 1.0, diag) for s in steps]
+        assert diag._staged and len(diag._staged) == 2  # nothing summarised yet
+        for step, v_out in zip(steps, outs, strict=True):
+            v, g, val = estimate("clean_estimate", step, objective)
+            g_norm, v_norm = per_sample_norm(g), per_sample_norm(v[..., :2]).clamp_min(1e-12)
+            gate = Gate(cfg.gate_k, cfg.gate_min).apply(val.critic.std)[0] if cfg.gate_k else torch.ones(5)
+            applied = cfg.strength(g, v[..., :2], g_norm, v_norm) * gate.view(-1, 1, 1)
+            if cfg.control == "zero":
+                applied_norm, cos = torch.zeros(5), torch.full((5,), float("nan"))
+                assert torch.equal(v_out, v)
+            else:
+                applied_norm = per_sample_norm(applied)
+                cos = (g * applied).flatten(1).sum(1) / (g_norm * applied_norm).clamp_min(1e-12)
+                assert torch.equal(v_out[..., :2], v[..., :2] - applied) and torch.equal(v_out[..., 2:], v[..., 2:])
+            expected = torch.stack([g_norm, applied_norm, applied_norm / v_norm, gate, val.critic.mean,
+                                    val.critic.std, cos, g_norm / v_norm])
+            assert _same(diag.data[:, step.step], expected)
+            assert torch.equal(diag.terms["critic"][:2, step.step], torch.stack([val.total, g_norm]))
+            assert torch.allclose(diag.terms["critic"][2, step.step], torch.ones_like(g_norm))  # the only term: all of g
+        assert torch.isnan(diag.data[:, [0, 1, 3, 4, 5, 7, 8, 9]]).all()  # steps that did not run stay NaN
+        assert not diag._staged and diag.nonfinite == 0 and diag.fallback == 0
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-equal, NaN where the other is NaN."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0))
+
+
+def test_guided_step_reads_inference_tensors_as_they_are():
+    """x_t and v from a caller under inference_mode go into the step without being copied to normal tensors; the
+    step gives the same velocity, bit for bit, for both estimators hook mode supports."""
+    policy = mlp_policy("forward")
+    ctx = {"obs": torch.randn(3, 5)}
+    x = torch.randn(3, 4, 3)
+    critic = EnsembleMLPCritic({"observation": 5}, chunk_len=4, action_dim=2, hidden=(8,), num_members=2)
+    for estimator in ("clean_estimate", "noisy_point"):
+        guidance = Guidance(critic, GuidanceConfig(estimator=estimator, scale=0.4, gate_k=1.0))
+        objective = guidance.objective({"observation": ctx["obs"]})
+        step = _step(policy, ctx, x)
+        step.velocity = policy.velocity(ctx, x, step.t)
+        expected = guidance.guided_velocity(step, objective, 1.0, None)
+        with torch.inference_mode():
+            x_inf, v_inf, t_inf = x.clone(), step.velocity.clone(), step.t.clone()
+        assert x_inf.is_inference() and v_inf.is_inference()
+        step_inf = FlowStep(x=x_inf, t=t_inf, step=3, grid=step.grid, convention=step.convention, action_dim=2,
+                            velocity_fn=step.velocity_fn, velocity=v_inf)
+        assert torch.equal(guidance.guided_velocity(step_inf, objective, 1.0, None), expected)

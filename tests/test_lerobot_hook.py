@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -88,9 +90,58 @@ def test_hook_zero_control_and_inactive_guidance_leave_lerobot_output_bit_identi
     ad = adapters["smolvla"]
     obs, noise = example_observation(ad.config, B, seed=7), _noise(ad, 8)
     base = ad.lerobot_chunk(obs, noise=noise.clone())
-    for cfg in (GuidanceConfig(control="zero"), GuidanceConfig(estimator="none")):
+    for cfg in (GuidanceConfig(control="zero"), GuidanceConfig(estimator="none"), GuidanceConfig(scale=0.0)):
         with LeRobotGuidanceHook(ad, Guidance(_critic(ad), cfg)):
             assert torch.equal(ad.lerobot_chunk(obs, noise=noise.clone()), base)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_unguided_zero_and_scale_zero_chunks_equal_lerobots_own_under_inference_mode(adapters, family):
+    """As a policy server calls it (inference_mode): the explicit loop unguided, with the zero control and with
+    scale 0, and hook mode with the zero control and scale 0, all give LeRobot's predict_action_chunk bit for bit
+    (the guided step reads LeRobot's inference tensors without copying them)."""
+    ad = adapters[family]
+    critic = EnsembleMLPCritic({"state": ad.state_dim}, ad.spec.chunk_len, ad.spec.action_dim, hidden=(16,),
+                               num_members=3)
+    obs, noise = example_observation(ad.config, B, seed=15), _noise(ad, 16)
+    d = ad.spec.action_dim
+    with torch.inference_mode():
+        ref = ad.lerobot_chunk(obs, noise=noise.clone())
+        ctx = ad.encode(obs)
+        assert torch.equal(sample_chunks(ad, context=ctx, noise=noise).chunk[..., :d], ref)
+        for cfg in (GuidanceConfig(control="zero", gate_k=20.0, clip=1.0), GuidanceConfig(scale=0.0)):
+            guidance = Guidance(critic, cfg)
+            out = sample_chunks(ad, context=ctx, noise=noise, guidance=guidance)
+            assert torch.equal(out.chunk[..., :d], ref)
+            assert torch.isfinite(out.diagnostics.raw_grad_norm).all()  # the critic ran at every step
+            with LeRobotGuidanceHook(ad, guidance) as hook:
+                assert torch.equal(ad.lerobot_chunk(obs, noise=noise.clone()), ref)
+            assert torch.isfinite(hook.diagnostics.raw_grad_norm).all()
+
+
+def test_hook_guidance_adds_no_host_sync_to_lerobots_sampler(adapters):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountSyncs(TorchDispatchMode):
+        syncs = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func) in ("aten._local_scalar_dense.default", "aten.is_nonzero.default"):
+                CountSyncs.syncs += 1
+            return func(*args, **(kwargs or {}))
+
+    ad = adapters["smolvla"]
+    critic = EnsembleMLPCritic({"state": ad.state_dim}, ad.spec.chunk_len, ad.spec.action_dim, hidden=(16,),
+                               num_members=3)
+    batch = ad.preprocess(example_observation(ad.config, B, seed=17))
+    counts = []
+    for guidance in (None, Guidance(critic, GuidanceConfig(scale=0.5, clip=1.0, gate_k=20.0, fallback_std=5.0))):
+        hook = contextlib.nullcontext() if guidance is None else LeRobotGuidanceHook(ad, guidance)
+        CountSyncs.syncs = 0
+        with torch.inference_mode(), hook, CountSyncs():
+            ad.policy.predict_action_chunk(batch, noise=_noise(ad, 18))
+        counts.append(CountSyncs.syncs)
+    assert counts[1] == counts[0]
 
 
 def test_hook_never_changes_padded_velocity_dims(adapters):

@@ -1,10 +1,13 @@
 """The sampler loop: conventions, noise handling, candidates, grad modes."""
 
+import contextlib
+
 import pytest
 import torch
 from helpers import LinearCritic, gaussian_policy, mlp_policy
 
 from gaflow.convention import clean_estimate, interpolate, target_velocity, time_grid
+from gaflow.critic import EnsembleMLPCritic
 from gaflow.guidance import Guidance, GuidanceConfig, register_term
 from gaflow.policies import ConventionFlip, TimeConvention
 from gaflow.sampler import SamplerConfig, sample_chunks
@@ -101,6 +104,27 @@ def test_guidance_works_inside_no_grad_and_inference_mode(mode, estimator):
         ctx = policy.encode({"obs": obs.clone()})
         got = sample_chunks(policy, context=ctx, noise=noise.clone(), guidance=guidance).chunk
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("estimator", ["noisy_point", "clean_estimate", "clean_jacobian", "bptt"])
+def test_guided_chunks_and_diagnostics_are_bit_identical_in_every_grad_mode(estimator):
+    """The guided step reads the caller's (inference) tensors without copying them out of inference mode; what
+    it computes does not depend on the caller's grad mode, to the bit — candidates, best-of-N and diagnostics."""
+    policy = mlp_policy("lerobot")
+    critic = EnsembleMLPCritic({"observation": 5}, chunk_len=4, action_dim=2, hidden=(8,), num_members=3)
+    noise, obs = torch.randn(3, 2, 4, 3), torch.randn(3, 5)
+    guidance = Guidance(critic, GuidanceConfig(estimator=estimator, scale=0.5, clip=1.0, gate_k=2.0))
+    cfg = SamplerConfig(num_candidates=2, select="best")
+    outs = []
+    for scope in (contextlib.nullcontext, torch.no_grad, torch.inference_mode):
+        with scope():
+            out = sample_chunks(policy, {"obs": obs.clone()}, noise=noise.clone(), guidance=guidance, config=cfg)
+        outs.append(out)
+    ref = outs[0]
+    for out in outs[1:]:
+        assert torch.equal(out.candidates, ref.candidates) and torch.equal(out.selected, ref.selected)
+        assert torch.equal(out.values, ref.values)
+        assert torch.equal(out.diagnostics.data.nan_to_num(-1.0), ref.diagnostics.data.nan_to_num(-1.0))
 
 
 @pytest.mark.parametrize("field,value", [

@@ -12,7 +12,9 @@ candidates per observation share the observation's context (encoded once). Noise
 seeded generator, so every arm of an evaluation can start from the same noise.
 
 Guidance needs gradients even when the caller runs under ``torch.no_grad()`` or ``torch.inference_mode()``: the
-critic step re-enables autograd in a narrow scope on tensors cloned out of inference mode.
+policy keeps running in the caller's mode (inference mode is the fastest for it), and only the critic's step
+re-enables autograd, in a narrow scope, on a leaf made from the real action dims (the padded state is never
+copied; the features are made normal tensors once per chunk).
 """
 
 from __future__ import annotations
@@ -120,9 +122,9 @@ def sample_chunks(
     if guidance is not None:
         with autograd_enabled():  # buffers and features must be normal tensors, not inference tensors
             diag = GuidanceDiagnostics.empty(num_steps, bn)
-            feats = {k: normal_tensors(v).repeat_interleave(n, dim=0) for k, v in (features or {}).items()}
+            feats = {k: _rows(normal_tensors(v), n) for k, v in (features or {}).items()}
             extra = None if objective_context is None else {
-                k: normal_tensors(v).repeat_interleave(n, dim=0) if isinstance(v, torch.Tensor) else v
+                k: _rows(normal_tensors(v), n) if isinstance(v, torch.Tensor) else v
                 for k, v in objective_context.items()}
             objective = guidance.objective(feats, extra)
     guiding = guidance is not None and guidance.active
@@ -142,10 +144,12 @@ def sample_chunks(
             return velocity(x_, t_)
         v = None if needs_graph else velocity(x_, t_)
         with autograd_enabled():
+            # x_, t_ and v are only read (the estimator builds its own leaf from the real dims), so they go in as
+            # they are, inference tensors or not: no copy of the padded state per step
             step = FlowStep(
-                x=normal_tensors(x_), t=normal_tensors(t_), step=k, grid=grid, convention=spec.convention, action_dim=d,
-                velocity_fn=graph_velocity if needs_graph else velocity,
-                velocity=None if v is None else normal_tensors(v),
+                x=normal_tensors(x_) if needs_graph else x_, t=normal_tensors(t_) if needs_graph else t_, step=k,
+                grid=grid, convention=spec.convention, action_dim=d,
+                velocity_fn=graph_velocity if needs_graph else velocity, velocity=v,
             )
             return guidance.guided_velocity(step, objective, w, diag if record else None)
 
@@ -195,6 +199,11 @@ def sample_chunks(
         selected = torch.zeros(batch, dtype=torch.long)
     chunk = candidates[torch.arange(batch), selected]
     return SampleResult(chunk, candidates, selected, values, diag, features)
+
+
+def _rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """One row per candidate (``repeat_interleave``; ``n = 1`` keeps the tensor as it is, no copy)."""
+    return x if n == 1 else x.repeat_interleave(n, dim=0)
 
 
 def _batch_size(context: Any, probe: torch.Tensor | None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,6 +37,15 @@ def feature_distance(critic, features: dict[str, torch.Tensor]) -> torch.Tensor:
         raise ValueError("this critic has no feature statistics to measure distances against")
     z = torch.cat([critic.normalizer.normalize(k, features[k].float()) for k in critic.feature_keys], dim=-1)
     return z.pow(2).mean(-1).sqrt()
+
+
+@dataclass(frozen=True)
+class PreparedEnsemble:
+    """:meth:`EnsembleMLPCritic.prepare` for one batch of features: computed once per chunk, read every step."""
+
+    first: torch.Tensor  # (K, B, hidden0) the first layer's feature part W_f·f + b
+    chunk_weight: torch.Tensor  # (K, H·d, hidden0) the first layer's chunk rows W_a
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (bias (K, 1, out), weight (K, in, out)) of the rest
 
 
 class EnsembleMLPCritic(nn.Module):
@@ -106,11 +116,12 @@ class EnsembleMLPCritic(nn.Module):
         h = self.inputs(features, chunk).unsqueeze(0).expand(self.num_members, -1, -1)  # (K, B, in)
         return self.forward_inputs(h)
 
-    def prepare(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The first layer's feature part ``(K, B, hidden0)``, computed once per chunk.
+    def prepare(self, features: dict[str, torch.Tensor]) -> PreparedEnsemble:
+        """What guidance computes once per chunk for fixed features (:class:`PreparedEnsemble`): the first
+        layer's feature part ``W_f·f + b`` and the weights as plain tensors.
 
-        Features do not change over the flow steps, so guidance computes ``W_f·f + b`` once and each step only
-        adds ``W_a·chunk`` (:meth:`forward_prepared`) — the same values as :meth:`forward`, for less work.
+        Features do not change over the flow steps, so each step only adds ``W_a·chunk`` (:meth:`forward_prepared`)
+        — the same values as :meth:`forward`, for less work.
         """
         if not self.use_chunk:
             raise ValueError("prepare() is for critics over chunks")
@@ -118,24 +129,30 @@ class EnsembleMLPCritic(nn.Module):
         dummy = torch.zeros(b, self.chunk_len, self.action_dim, dtype=self.weights[0].dtype,
                             device=self.weights[0].device)
         f = self.inputs(features, dummy)[:, : -self.chunk_len * self.action_dim]  # (B, F)
-        w = self.weights[0][:, : f.shape[1]]
-        return torch.baddbmm(self.biases[0], f.unsqueeze(0).expand(self.num_members, -1, -1), w)
+        # plain tensors, fetched once: indexing a ParameterList costs microseconds per layer and step
+        weights = [w.detach() for w in self.weights]
+        biases = [b.detach() for b in self.biases]
+        first = torch.baddbmm(biases[0], f.unsqueeze(0).expand(self.num_members, -1, -1), weights[0][:, : f.shape[1]])
+        return PreparedEnsemble(first=first.detach(), chunk_weight=weights[0][:, f.shape[1]:],
+                                layers=tuple(zip(biases[1:], weights[1:], strict=True)))
 
-    def forward_prepared(self, prepared: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` given :meth:`prepare`'s output for the same features."""
+    def forward_prepared(self, prepared: PreparedEnsemble, chunk: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` given :meth:`prepare`'s output for the same features (the chunk alone is
+        differentiable: guidance never needs the weights' gradient)."""
         if chunk.shape[1:] != (self.chunk_len, self.action_dim):
             raise ValueError(
                 f"critic expects chunks of shape (B, {self.chunk_len}, {self.action_dim}); got {tuple(chunk.shape)}"
             )
-        a = chunk.flatten(1).unsqueeze(0).expand(self.num_members, -1, -1)  # (K, B, H·d)
-        w = self.weights[0][:, -a.shape[-1]:]
-        h = torch.baddbmm(prepared, a, w)
-        return self.forward_inputs(h, start=1)
+        a = chunk.reshape(1, chunk.shape[0], -1).expand(self.num_members, -1, -1)  # (K, B, H·d)
+        h = torch.baddbmm(prepared.first, a, prepared.chunk_weight)
+        for bias, weight in prepared.layers:  # as forward_inputs(start=1): activation, then the next layer
+            h = torch.baddbmm(bias, self.act(h), weight)
+        return h.squeeze(-1)  # (K, B)
 
     def forward_inputs(self, h: torch.Tensor, start: int = 0) -> torch.Tensor:
         """``(K, B, in)`` member-specific inputs → ``(K, B)`` (training feeds each member its own batch).
 
-        ``start=1``: ``h`` is already the first layer's pre-activation (see :meth:`forward_prepared`)."""
+        ``start=1``: ``h`` is already the first layer's pre-activation."""
         n = len(self.weights)
         if start == 1:
             h = self.act(h) if n > 1 else h

@@ -17,10 +17,10 @@ from gaflow.convention import ascent_sign
 from gaflow.critic.models import feature_distance
 from gaflow.guidance.checks import integer, number, optional_number
 from gaflow.guidance.controls import Control
-from gaflow.guidance.diagnostics import GuidanceDiagnostics
-from gaflow.guidance.estimators import ESTIMATORS, FlowStep, estimate
+from gaflow.guidance.diagnostics import GuidanceDiagnostics, StagedStep
+from gaflow.guidance.estimators import ESTIMATORS, FlowStep, estimate, real_dims
 from gaflow.guidance.objective import Objective, WeightedTerm
-from gaflow.guidance.strength import EPS, Schedule, Strength, per_sample_norm
+from gaflow.guidance.strength import Schedule, Strength, per_sample_norm
 from gaflow.guidance.terms import CRITIC, DEFAULT_OBJECTIVES, TERMS, TermInputs, check_objectives
 from gaflow.guidance.uncertainty import Gate
 
@@ -165,50 +165,51 @@ class Guidance:
     ) -> torch.Tensor:
         """The policy velocity at ``step`` with guidance added to its real dims.
 
-        Kept lean on purpose: beyond the objective's forward+backward it is a handful of (B,)-sized tensor ops, so
-        the clean-estimate estimator costs about one critic forward+backward per step (benchmarks/). The gate
-        reads the critic term's ensemble std only: no other term can open or close it.
+        Kept lean on purpose (issue #18): beyond the objective's forward+backward it is a few (B,)-sized tensor
+        ops, none of them on the padded dims, and no host sync; the diagnostics only keep references to tensors
+        made here (:meth:`GuidanceDiagnostics.stage`) and are summarised when read. The gate reads the critic
+        term's ensemble std only: no other term can open or close it.
         """
         cfg, d = self.config, step.action_dim
-        v, g, val = estimate(cfg.estimator, step, objective)  # type: ignore[arg-type]
-        ok = torch.isfinite(val.total + g.flatten(1).sum(1))  # (B,): NaN/inf anywhere in J or g
-        g = torch.where(ok.view(-1, 1, 1), g, 0.0)  # a non-finite sample gets no guidance (g = 0 ⇒ Δ = 0)
-        v_real = v[..., :d]
-        g_norm, v_norm = per_sample_norm(g), per_sample_norm(v_real)
-        delta = cfg.strength(g, v_real, g_norm, v_norm)
+        v, g_raw, val = estimate(cfg.estimator, step, objective)  # type: ignore[arg-type]
+        ok = _finite(val.total + g_raw.sum(tuple(range(1, g_raw.dim()))))  # (B,): NaN/inf anywhere in J or g
+        g = torch.where(ok.view(-1, 1, 1), g_raw, 0.0)  # a non-finite sample gets no guidance (g = 0 ⇒ Δ = 0)
+        v_real = real_dims(v, d)
+        strength = cfg.strength
+        g_norm = per_sample_norm(g) if strength.needs_g_norm else None
+        v_norm = per_sample_norm(v_real) if strength.relative is not None else None
+        delta = strength(g, v_real, g_norm, v_norm)
+        std = None
         if cfg.gate.inactive:
             gate, fell_back = None, None
             if weight != 1.0:
                 delta = delta * weight
         else:
-            gate, fell_back = cfg.gate(torch.nan_to_num(val.critic.std, nan=float("inf")))
-            delta = delta * (gate * weight).view(-1, 1, 1)
+            std = val.critic.std
+            gate, fell_back = cfg.gate.apply(torch.nan_to_num(std, nan=float("inf")))
+            delta = delta * (gate if weight == 1.0 else gate * weight).view(-1, 1, 1)  # gate·1 is gate, bit for bit
         if objective.trust is not None:  # outside the critic's support: scaled down (per chunk, not per step)
             delta = delta * objective.trust.view(-1, 1, 1)
             gate = objective.trust if gate is None else gate * objective.trust
         applied = self.control(delta)
         if applied is None:
-            v_out, applied_norm = v, torch.zeros_like(g_norm)
+            v_out = v
         else:
-            v_out = v.clone()
-            v_out[..., :d] = v_real + ascent_sign(step.convention) * applied
-            applied_norm = per_sample_norm(applied)
+            # v_real + (−1)·Δ is v_real − Δ bit for bit; the padded dims are copied once, untouched
+            moved = v_real - applied if ascent_sign(step.convention) < 0 else v_real + applied
+            v_out = moved if d == v.shape[-1] else torch.cat([moved, v[..., d:]], dim=-1)
         if diag is not None:
-            if applied is None:
-                cos = torch.full_like(g_norm, float("nan"))
-            else:
-                cos = (g * applied).flatten(1).sum(1) / (g_norm * applied_norm).clamp_min(EPS)
-                cos = torch.where(applied_norm > 0, cos, float("nan"))
-            v_norm = v_norm.clamp_min(EPS)
             q = val.critic
-            q_mean, q_std = (q.mean, q.std) if q is not None else (torch.full_like(g_norm, float("nan")),) * 2
-            diag.record(step.step, [g_norm, applied_norm, applied_norm / v_norm,
-                                    torch.ones_like(g_norm) if gate is None else gate, q_mean, q_std, cos,
-                                    g_norm / v_norm],
-                        {name: [val.terms[name], per_sample_norm(share),  # share of g: ⟨w·∇term, g⟩ / ‖g‖²
-                                (share * g).flatten(1).sum(1) / (g_norm * g_norm).clamp_min(EPS)]
-                         for name, share in val.term_grads.items()})
-            diag.nonfinite += int((~ok).sum())
-            if fell_back is not None:
-                diag.fallback += int((fell_back & ok).sum())
+            diag.stage(StagedStep(
+                step=step.step, g=g, ok=ok, v_norm=v_norm, v_real=None if v_norm is not None else v_real.clone(),
+                g_norm=g_norm, applied=applied, gate=gate,
+                members=None if q is None else q.members, std=std, fell_back=fell_back,
+                term_values=val.terms, term_grads=val.term_grads,
+            ))
         return v_out
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(x)`` for floating ``x`` in two tensor ops instead of four: ``x − x`` is 0 exactly when
+    ``x`` is finite (inf − inf and NaN − NaN are NaN, and NaN ≠ 0)."""
+    return (x - x) == 0

@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 
 from gaflow.convention import clean_estimate, step_size
-from gaflow.guidance.objective import Objective, ObjectiveValue
+from gaflow.guidance.objective import Objective, ObjectiveValue, leaf
 from gaflow.protocol import TimeConvention
 
 EstimatorName = Literal["noisy_point", "clean_estimate", "clean_jacobian", "bptt"]
@@ -33,6 +33,10 @@ ESTIMATORS: tuple[str, ...] = ("noisy_point", "clean_estimate", "clean_jacobian"
 
 @dataclass
 class FlowStep:
+    """One flow step as the estimators see it. ``x``, ``t`` and ``velocity`` may be inference tensors (a caller
+    under ``inference_mode``): estimators only read them, and build their own leaf (:func:`leaf`, real dims only)
+    where they differentiate — no copy of the padded state per step."""
+
     x: torch.Tensor  # (B, H, Dp) current sampler state, detached
     t: torch.Tensor  # (B,) current time
     step: int  # index in the time grid
@@ -41,6 +45,16 @@ class FlowStep:
     convention: TimeConvention
     action_dim: int
     velocity: torch.Tensor | None = None  # precomputed detached velocity, if the caller has it
+
+
+def real_dims(x: torch.Tensor, d: int) -> torch.Tensor:
+    """``x[..., :d]`` — or ``x`` itself when it has no padded dims (no view made per step)."""
+    return x if x.shape[-1] == d else x[..., :d]
+
+
+def _saveable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a tensor autograd may save (it multiplies graph tensors in the Jacobian and BPTT estimators)."""
+    return t.clone() if t.is_inference() else t
 
 
 def _velocity(step: FlowStep) -> torch.Tensor:
@@ -57,21 +71,21 @@ def estimate(
     d = step.action_dim
     if name == "noisy_point":
         v = _velocity(step)
-        val, g = objective.value_and_grad(step.x[..., :d])
+        val, g = objective.value_and_grad(real_dims(step.x, d))
         return v, g, val
     if name == "clean_estimate":
         v = _velocity(step)
-        a_hat = clean_estimate(step.x[..., :d], v[..., :d], step.t, step.convention)
+        a_hat = clean_estimate(real_dims(step.x, d), real_dims(v, d), step.t, step.convention)
         val, g = objective.value_and_grad(a_hat)
         return v, g, val
     if name == "clean_jacobian":
-        x = step.x.detach().requires_grad_(True)
-        v = step.velocity_fn(x, step.t)
-        a_hat = clean_estimate(x, v, step.t, step.convention)[..., :d]
+        x, t = leaf(step.x), _saveable(step.t)
+        v = step.velocity_fn(x, t)
+        a_hat = clean_estimate(x, v, t, step.convention)[..., :d]
         val, gx = objective.value_and_grad(a_hat, wrt=x)
         return v.detach(), gx[..., :d], val
     if name == "bptt":
-        x0 = step.x.detach().requires_grad_(True)
+        x0 = leaf(step.x)
         x, v_first = x0, None
         for k in range(step.step, len(step.grid) - 1):
             t = step.grid[k].to(x0).expand(x0.shape[0])

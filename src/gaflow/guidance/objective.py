@@ -32,6 +32,12 @@ class ObjectiveValue:
     term_grads: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (B, H, d) w_i·∇term_i at the chunk
 
 
+def leaf(x: torch.Tensor) -> torch.Tensor:
+    """A fresh leaf that requires grad, with ``x``'s values. An inference tensor (the caller ran the policy under
+    ``inference_mode``) is cloned — autograd may not save it; a normal one is only detached (no copy)."""
+    return (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+
+
 class Objective:
     """``J(chunk)`` for a fixed batch; ``chunk`` is ``(B, H, action_dim)``."""
 
@@ -50,12 +56,14 @@ class Objective:
         for wt, x in zip(self.terms, inputs, strict=True):
             if wt.name == CRITIC:
                 v, critic = wt.term.evaluate(x)  # type: ignore[attr-defined]
+                values[wt.name] = critic.aggregate  # already detached: no second detach
             else:
                 v = wt.term.value(x)
-            values[wt.name] = v.detach()
+                values[wt.name] = v.detach()
             part = v if wt.weight == 1.0 else wt.weight * v  # weight 1 multiplies nothing: bit-identical
             total = part if total is None else total + part
-        return total, ObjectiveValue(total.detach(), values, critic), inputs
+        detached = values[self.terms[0].name] if single and total is v else total.detach()
+        return total, ObjectiveValue(detached, values, critic), inputs
 
     def value(self, chunk: torch.Tensor) -> ObjectiveValue:
         with torch.no_grad():
@@ -70,7 +78,7 @@ class Objective:
         Each term's share ``w_i·∇term_i`` w.r.t. the chunk it read lands in ``value.term_grads``.
         """
         if wrt is None:
-            chunk = chunk.detach().requires_grad_(True)
+            chunk = leaf(chunk)
         total, val, inputs = self._forward(chunk)
         target = chunk if wrt is None else wrt
         sources = inputs if len(inputs) == 1 and inputs[0] is target else [target, *inputs]

@@ -33,18 +33,25 @@ class Strength:
         optional_number("clip", self.clip, low=0, low_open=True)
         optional_number("relative", self.relative, low=0, low_open=True)  # ρ = 0 would be a silent "off"
 
+    @property
+    def needs_g_norm(self) -> bool:
+        """Whether :meth:`__call__` reads ‖g‖ (a relative target or a clip); a plain scale does not."""
+        return self.relative is not None or self.clip is not None
+
     def __call__(self, g: torch.Tensor, v: torch.Tensor, g_norm: torch.Tensor | None = None,
                  v_norm: torch.Tensor | None = None) -> torch.Tensor:
         """``g``, ``v``: ``(B, H, d)`` real dims (their per-sample norms may be passed in to save recomputing).
-        Returns ``Δ`` (ascent direction, before the convention sign)."""
-        g_norm = per_sample_norm(g) if g_norm is None else g_norm
+        Returns ``Δ`` (ascent direction, before the convention sign); with scale 1 and nothing else that is ``g``
+        itself (``1·g`` is ``g`` bit for bit, so no multiply is spent on it)."""
         if self.relative is not None:
+            g_norm = per_sample_norm(g) if g_norm is None else g_norm
             v_norm = per_sample_norm(v) if v_norm is None else v_norm
             factor = self.relative * v_norm / g_norm.clamp_min(EPS)
             return g * factor.view(-1, 1, 1)
         if self.clip is not None:
+            g_norm = per_sample_norm(g) if g_norm is None else g_norm
             g = g * (self.clip / g_norm.clamp_min(EPS)).clamp(max=1.0).view(-1, 1, 1)
-        return self.scale * g
+        return g if self.scale == 1.0 else self.scale * g
 
 
 @dataclass

@@ -31,9 +31,14 @@ class Gate:
 
     def __call__(self, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``std`` ``(B,)`` → ``(gate (B,), fell_back (B,) bool)``."""
+        gate, fell_back = self.apply(std)
+        return gate, torch.zeros_like(std, dtype=torch.bool) if fell_back is None else fell_back
+
+    def apply(self, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As :meth:`__call__`, but ``fell_back`` is ``None`` without a fallback threshold (the guided step's
+        path: no tensor is made for a mask that cannot be set)."""
         gate = torch.ones_like(std) if self.k == 0 else torch.exp(-self.k * std).clamp(self.g_min, 1.0)
-        fell_back = torch.zeros_like(std, dtype=torch.bool)
-        if self.fallback_std is not None:
-            fell_back = std > self.fallback_std
-            gate = torch.where(fell_back, torch.zeros_like(gate), gate)
-        return gate, fell_back
+        if self.fallback_std is None:
+            return gate, None
+        fell_back = std > self.fallback_std
+        return torch.where(fell_back, 0.0, gate), fell_back

@@ -20,8 +20,9 @@ VLM+expert module's ``forward`` (records the prefix output and attention mask of
 :func:`~gaflow.policies.lerobot.features.pooled_features`, so they equal the explicit loop's features for the
 same batch; no extra VLM pass is run. The last chunk's features and per-step diagnostics stay on the hook.
 
-LeRobot runs this under ``no_grad``; the critic's gradient is taken in a narrow scope with autograd re-enabled on
-tensors cloned out of inference mode (:mod:`gaflow.guidance.autograd`, shared with the sampler). Use
+LeRobot runs this under ``no_grad`` (servers under ``inference_mode``); the critic's gradient is taken in a narrow
+scope with autograd re-enabled (:mod:`gaflow.guidance.autograd`, shared with the sampler), on a leaf the estimator
+makes from the real dims of LeRobot's ``x_t`` — LeRobot's tensors are read as they are, never copied. Use
 ``predict_action_chunk`` (``select_action`` refuses RTC). Hook mode guides velocities only: estimators that
 differentiate through the policy (``clean_jacobian``, ``bptt``), the trust region, post-hoc ascent and best-of-N
 need the explicit loop (:func:`gaflow.sampler.sample_chunks`). Attaching replaces any RTC processor the policy had.
@@ -162,10 +163,10 @@ class LeRobotGuidanceHook:
             return v
         t = torch.full((x_t.shape[0],), float(time), dtype=torch.float32, device=x_t.device)
         with autograd_enabled():
+            # x_t and v are only read (the estimator builds its own leaf from the real dims): no copies
             step = FlowStep(
-                x=normal_tensors(x_t), t=t, step=k, grid=chunk["grid"], convention=TimeConvention.LEROBOT,
-                action_dim=self.adapter.spec.action_dim, velocity_fn=original_denoise_step_partial,
-                velocity=normal_tensors(v),
+                x=x_t, t=t, step=k, grid=chunk["grid"], convention=TimeConvention.LEROBOT,
+                action_dim=self.adapter.spec.action_dim, velocity_fn=original_denoise_step_partial, velocity=v,
             )
             return g.guided_velocity(step, chunk["objective"], w, self.diagnostics)
 
