@@ -18,6 +18,7 @@ import torch
 from helpers import marked_pids
 from safetensors import safe_open
 
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")  # as gaflow's RayExecutor does before importing ray
 ray = pytest.importorskip("ray")
 
 from gaflow.collect import CollectConfig, collect, collect_episodes, read_episode  # noqa: E402

@@ -84,7 +84,14 @@ def _start_reaper() -> None:
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+# Ray ≥ 2.45 re-runs a `uv run` driver's command for every worker (`uv run` on each node), which resolves — and
+# may try to download — an interpreter per worker. gaflow's nodes run their own synced environment (docs/scale.md):
+# workers use the node's Python directly. Read by Ray when it is imported, so it is set here, before that.
+UV_HOOK_ENV = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+
+
 def _import_ray():
+    os.environ.setdefault(UV_HOOK_ENV, "0")
     try:
         import ray
     except ImportError as e:  # pragma: no cover - ray is a dependency; a broken env says so plainly
