@@ -48,7 +48,7 @@ def harness(task: str, seeds: list[int], batch: int, rounds: int, max_steps: int
     from gaflow.critic.train import load_critic
     from gaflow.envs.metaworld import MetaWorldEnv, measure_speed
     from gaflow.policies.registry import load_policy
-    from gaflow.runtime import GuidedRuntime, run_episode
+    from gaflow.runtime import GuidedRuntime, RecordingEnv, run_episode
     from gaflow.runtime.batched import run_episodes_batched
 
     policy = load_policy("compact:builtin")
@@ -65,8 +65,9 @@ def harness(task: str, seeds: list[int], batch: int, rounds: int, max_steps: int
             e.reset(s)
         return envs
 
-    def loop_as_it_was(envs):
-        return [run_episode(e, runtime, seed=s) for e, s in zip(envs, seeds, strict=True)]
+    def loop_as_it_was(envs):  # an env whose every frame is recorded with its image renders every step
+        return [run_episode(RecordingEnv(e, record_images=True), runtime, seed=s)
+                for e, s in zip(envs, seeds, strict=True)]
 
     def groups_of_one(envs):
         return [run_episodes_batched([e], runtime, [s])[0] for e, s in zip(envs, seeds, strict=True)]
@@ -133,12 +134,13 @@ def random_study_critic(out: Path) -> Path:
 
 
 def evaluate_episodes_rendering_every_step(cfg_dict: dict, jobs: list) -> list[dict]:
-    """The eval worker as it was before lockstep groups: ``run_episode``, the env rendering every step."""
+    """The eval worker as it was before lockstep groups: the env rendering every step (a recording with images)."""
     import gaflow.evaluation.runner as runner
-    from gaflow.runtime import run_episode
+    from gaflow.runtime import RecordingEnv
 
     batched = runner.run_episodes_batched
-    runner.run_episodes_batched = lambda envs, rt, seeds: [run_episode(envs[0], rt, seed=seeds[0])]
+    runner.run_episodes_batched = lambda envs, rt, seeds: batched([RecordingEnv(envs[0], record_images=True)], rt,
+                                                                  seeds)
     try:
         return _EVALUATE_EPISODES(cfg_dict, jobs)
     finally:

@@ -116,3 +116,28 @@ def test_a_projected_term_without_an_action_path_fails_naming_it():
     obs = ToyReachEnv().reset(0)
     with pytest.raises(ValueError, match="'keep_out' needs 'action_path'"):
         rt.infer(obs)
+
+
+def test_paired_evaluation_arms_get_the_episode_context_too():
+    """`gaflow eval` runs every arm through the same loop as run_episode, so preset arms (gentle: smoothness across
+    the executed boundary) see the executed actions — and several episodes given together run one at a time."""
+    from gaflow.evaluation.runner import Arm, EvalConfig, evaluate_episodes
+    from gaflow.runtime.batched import run_episodes_batched
+
+    guidance = {"scale": 0.0, "objectives": [{"name": "objectives_spy", "weight": 0.0}]}
+    cfg = EvalConfig(policy="toy:default", env="toy", tasks=["toy-reach"], seeds=[4], split="unsplit",
+                     arms=[Arm("unguided"), Arm("spy", guidance)], n_action_steps=2)
+    SEEN.clear()
+    (record,) = evaluate_episodes(cfg.to_dict(), [("toy-reach", 4)])
+    from_eval = list(SEEN)
+    SEEN.clear()
+    rec = run_episode(RecordingEnv(ToyReachEnv(), record_images=False), _runtime(guidance, n_action_steps=2), seed=4)
+    assert len(from_eval) == len(rec.chunks) >= 3 and from_eval[1]["executed_actions"] is not None
+    for a, b in zip(from_eval, SEEN, strict=True):
+        assert (a["executed_actions"] is None) == (b["executed_actions"] is None)
+        if a["executed_actions"] is not None:
+            assert torch.equal(a["executed_actions"], b["executed_actions"])
+    SEEN.clear()
+    runs = run_episodes_batched([ToyReachEnv(), ToyReachEnv()], _runtime(guidance, n_action_steps=2), [4, 5])
+    assert len(SEEN) == sum(len(r.chunks) for r in runs)  # one context per chunk: rows never share a batch
+    assert record["arms"]["spy"]["success"] == rec.success

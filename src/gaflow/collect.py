@@ -36,7 +36,7 @@ from gaflow.evaluation.ledger import seed_ranges, test_seeds_of
 from gaflow.evaluation.splits import SplitViolation
 from gaflow.io import atomic_save_safetensors, atomic_write_text, job_folder, portable_paths
 from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
-from gaflow.runtime import RuntimeSpec, run_episode
+from gaflow.runtime import RuntimeSpec, needs_critic, run_episode
 from gaflow.runtime.build import release, runtime_and_env
 from gaflow.runtime.executor import Executor, chunked, make_executor, run_jobs, torch_threads
 
@@ -71,7 +71,7 @@ def episode_path(out: Path, task: str, seed: int) -> Path:
 
 
 def runtime_spec(cfg: CollectConfig) -> RuntimeSpec:
-    if (cfg.guidance is not None or cfg.select == "best") and cfg.critic is None:
+    if needs_critic(cfg.guidance, cfg.select) and cfg.critic is None:
         raise ValueError("guided collection (or best-of-N) needs --critic")
     return RuntimeSpec(policy=cfg.policy, critic=cfg.critic, guidance=cfg.guidance, num_steps=cfg.num_steps,
                        num_candidates=cfg.num_candidates, select=cfg.select, noise_seed=cfg.noise_seed,

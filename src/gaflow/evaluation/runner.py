@@ -32,7 +32,7 @@ from gaflow.evaluation.stats import (
 )
 from gaflow.guidance.presets import preset_guidance
 from gaflow.io import atomic_write_json, job_folder
-from gaflow.runtime import RuntimeSpec
+from gaflow.runtime import RuntimeSpec, needs_critic
 from gaflow.runtime.batched import run_episodes_batched
 from gaflow.runtime.build import release, runtime_and_env
 from gaflow.runtime.executor import Executor, chunked, make_executor, run_jobs, torch_threads
@@ -126,8 +126,8 @@ def result_path(out: Path, task: str, seed: int) -> Path:
 
 def runtime_spec(cfg: EvalConfig) -> RuntimeSpec:
     """The unguided base runtime of an evaluation; each arm is this runtime under the arm's guidance."""
-    guided = any(a.guidance is not None or any((a.per_task or {}).values()) or a.select == "best" for a in cfg.arms)
-    if guided and cfg.critic is None:
+    configs = [(g, a.select) for a in cfg.arms for g in [a.guidance, *(a.per_task or {}).values()]]
+    if any(needs_critic(g, select) for g, select in configs) and cfg.critic is None:
         raise ValueError("guided arms need a critic (--critic)")
     return RuntimeSpec(policy=cfg.policy, critic=cfg.critic, num_steps=cfg.num_steps, noise_seed=cfg.noise_seed,
                        n_action_steps=cfg.n_action_steps)

@@ -7,7 +7,7 @@ check, a policy server — builds a :class:`GuidedRuntime` (directly or from a :
 """
 
 from gaflow.runtime.episode import ChunkRecord, EpisodeRecord, RecordingEnv, run_episode
-from gaflow.runtime.inference import GuidedRuntime, Inference, RuntimeSpec, episode_noise_seed
+from gaflow.runtime.inference import GuidedRuntime, Inference, RuntimeSpec, episode_noise_seed, needs_critic
 
 __all__ = [
     "ChunkRecord",
@@ -18,6 +18,7 @@ __all__ = [
     "RecordingEnv",
     "RuntimeSpec",
     "episode_noise_seed",
+    "needs_critic",
     "run_episode",
 ]
 

@@ -19,9 +19,10 @@ when its episode ends.
 kernels compute a row independently of the batch size. That holds for the analytic toy policy and critics (tested),
 not for matmuls on MKL: a batch-1 ``Linear`` runs a different kernel than a batch-8 one, so the compact policy's
 chunks differ in the last float bits (≈4e-7) and episodes then drift apart (BENCHMARKS §15 measures how far).
-Paired studies therefore run groups of one (``M = 1``), which *are* ``run_episode`` exactly. Two cases always
-run one episode at a time: a ``random`` guidance control (it draws from one generator for the whole batch) and
-guidance with its own per-episode state.
+Paired studies therefore run groups of one (``M = 1``) — which is what :func:`~gaflow.runtime.run_episode` runs:
+this is the one rollout loop. Three cases always run one episode at a time: a ``random`` guidance control (it
+draws from one generator for the whole batch), guidance with its own per-episode state, and objective terms that
+read the episode's context (the executed actions and the end-effector position, :mod:`gaflow.guidance.context`).
 
 **Rendering where the policy looks.** The policy reads an observation once per chunk, not once per step. An env
 that renders its camera image inside ``step`` and says so (a settable ``render_images`` flag and a ``render()``
@@ -35,13 +36,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 
+from gaflow.guidance.context import HISTORY, episode_context
 from gaflow.observations import IMAGE_KEY
 from gaflow.runtime.episode import ChunkRecord, EpisodeRecord, RecordingEnv
 
 
 def rows_are_independent(runtime) -> bool:
     """False where a batch shares state across its rows beyond the per-episode noise streams: a ``random``
-    guidance control (one generator for the batch) or guidance with per-episode state of its own."""
+    guidance control (one generator for the batch), guidance with per-episode state of its own, or objective terms
+    that read each episode's own context."""
+    if getattr(runtime, "wants_objective_context", False):
+        return False
     guidance = getattr(runtime, "guidance", None)
     if guidance is None:
         return True
@@ -106,6 +111,10 @@ def run_episodes_batched(envs: Sequence, runtime, seeds: Sequence[int], *, recor
     runtime.start_episode(seeds if m > 1 else seeds[0])
     steps, first_success, done = [0] * m, [None] * m, [False] * m
     chunks: list[list[ChunkRecord]] = [[] for _ in range(m)]
+    # Objective terms beyond the critic read the executed actions (policy space) and, where the env states its
+    # action path, the end-effector position; such runtimes run one episode at a time (rows_are_independent).
+    wants_context = getattr(runtime, "wants_objective_context", False)
+    executed: list[list] = [[] for _ in range(m)]
     with _deferred_rendering(envs) as renderers:
 
         def look(i: int, obs: dict) -> dict:  # the observation the policy reads, with its image
@@ -116,8 +125,13 @@ def run_episodes_batched(envs: Sequence, runtime, seeds: Sequence[int], *, recor
         obs = [look(i, env.reset(seed)) for i, (env, seed) in enumerate(zip(envs, seeds, strict=True))]
         running = list(range(m))
         while running:
+            context = {}
+            if wants_context:
+                (i,) = running
+                context["objective_context"] = episode_context(obs[i], getattr(envs[i], "action_path", None),
+                                                               executed[i])
             with _rows(runtime, running):
-                out = runtime.infer([obs[i] for i in running], with_features=record)
+                out = runtime.infer([obs[i] for i in running], with_features=record, **context)
             for row, i in enumerate(running):
                 start = steps[i]
                 for action in out.actions[row][:n_action_steps]:
@@ -129,6 +143,9 @@ def run_episodes_batched(envs: Sequence, runtime, seeds: Sequence[int], *, recor
                         done[i] = True  # stop at the first success
                     if done[i]:
                         break
+                if wants_context:
+                    done_now = out.chunk[row, : steps[i] - start, : runtime.policy.spec.action_dim]
+                    executed[i] = [*executed[i], *done_now][-HISTORY:]
                 if record:
                     chunks[i].append(ChunkRecord(
                         index=len(chunks[i]), env_step=start, executed=(start, steps[i]),

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from gaflow.guidance.context import HISTORY, episode_context
 from gaflow.observations import ENV_STATE_KEY, IMAGE_KEY, STATE_KEY
 
 
@@ -60,46 +59,12 @@ class EpisodeRecord:
 def run_episode(env, runtime, *, seed: int, record: bool = True) -> EpisodeRecord:
     """Run episode ``seed`` of ``env`` with ``runtime`` in receding horizon; see the module docstring.
 
-    ``record=False`` keeps only the summary (no per-chunk records).
+    ``record=False`` keeps only the summary (no per-chunk records). The loop itself is
+    :func:`gaflow.runtime.batched.run_episodes_batched` with one env: there is one rollout loop.
     """
-    runtime.start_episode(seed)
-    n_action_steps = runtime.n_action_steps
-    obs = env.reset(seed)
-    steps, first_success, done = 0, None, False
-    chunks: list[ChunkRecord] = []
-    # Objective terms beyond the critic read the executed actions (policy space) and, where the env states its
-    # action path, the end-effector position (gaflow.guidance.context); critic-only guidance skips this.
-    wants_context = getattr(runtime, "wants_objective_context", False)
-    path, executed = getattr(env, "action_path", None), []
-    while not done:
-        if wants_context:
-            out = runtime.infer(obs, with_features=record, objective_context=episode_context(obs, path, executed))
-        else:
-            out = runtime.infer(obs, with_features=record)
-        start = steps
-        for action in out.actions[0][:n_action_steps]:
-            obs, success, done, _info = env.step(action)
-            steps += 1
-            if success and first_success is None:
-                first_success = steps
-            if first_success is not None:
-                done = True  # stop at the first success
-            if done:
-                break
-        if wants_context:
-            executed = [*executed, *out.chunk[0, : steps - start, : runtime.policy.spec.action_dim]][-HISTORY:]
-        if record:
-            chunks.append(ChunkRecord(
-                index=len(chunks), env_step=start, executed=(start, steps), chunk=out.chunk[0].detach().clone(),
-                features={k: v[0].detach().clone() for k, v in out.features.items()}, latency_s=out.latency_s,
-                guidance=out.diagnostics[0] if out.diagnostics is not None else None,
-                value=float(out.values[0]) if out.values is not None else None,
-            ))
-    return EpisodeRecord(
-        task=str(getattr(env, "task", "")), seed=int(seed), noise_seed=int(runtime.noise_seed),
-        success=first_success is not None, first_success_step=first_success, length=steps,
-        n_action_steps=n_action_steps, chunks=chunks,
-    )
+    from gaflow.runtime.batched import run_episodes_batched  # it builds on this module's records
+
+    return run_episodes_batched([env], runtime, [seed], record=record)[0]
 
 
 class RecordingEnv:

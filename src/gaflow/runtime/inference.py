@@ -83,7 +83,10 @@ class Inference:
     result: SampleResult | None = None  # the sampler's full result (explicit mode): candidates, per-step diagnostics
 
 
-def _needs_critic(config: GuidanceConfig | None, select: str) -> bool:
+def needs_critic(config: GuidanceConfig | dict | None, select: str = "first") -> bool:
+    """Whether a guidance config (or best-of-N selection) reads a critic — stages check it before any work."""
+    if isinstance(config, Mapping):
+        config = GuidanceConfig.from_dict(config)
     if select == "best":
         return True
     if config is None:
@@ -104,7 +107,7 @@ class GuidedRuntime:
         cfg = GuidanceConfig.from_dict(guidance) if isinstance(guidance, Mapping) else guidance
         if cfg is None and self.sampler.select == "best":
             cfg = GuidanceConfig(estimator="none")  # best-of-N by the critic, no gradient guidance
-        if _needs_critic(cfg, self.sampler.select) and critic is None:
+        if needs_critic(cfg, self.sampler.select) and critic is None:
             raise ValueError("this guidance config (or best-of-N selection) needs a critic: pass --critic")
         self.guidance = Guidance(critic, cfg) if cfg is not None else None
         # Terms other than the critic get a context (module docstring); critic-only configs take no new path.
@@ -146,7 +149,7 @@ class GuidedRuntime:
             policy = load_policy(spec.policy)
         sampler = SamplerConfig(num_steps=spec.num_steps, num_candidates=spec.num_candidates, select=spec.select)
         cfg = GuidanceConfig.from_dict(spec.guidance) if spec.guidance is not None else None
-        if critic is None and spec.critic is not None and _needs_critic(cfg, spec.select):
+        if critic is None and spec.critic is not None and needs_critic(cfg, spec.select):
             from gaflow.critic.train import load_critic
 
             critic = load_critic(spec.critic)
