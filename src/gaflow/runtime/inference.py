@@ -221,11 +221,8 @@ class GuidedRuntime:
         values = None
         if out.values is not None:
             values = out.values[torch.arange(out.values.shape[0]), out.selected]
-        diagnostics = None
-        if out.diagnostics is not None:
-            n = self.sampler.num_candidates
-            diagnostics = [out.diagnostics.select(torch.arange(i * n, (i + 1) * n)).summary()
-                           for i in range(batch_size)] if batch_size > 1 else [out.diagnostics.summary()]
+        diagnostics = _row_summaries(out.diagnostics, batch_size, self.sampler.num_candidates)
+        if diagnostics is not None:
             for row, report in zip(diagnostics, reports or [], strict=False):
                 row.update(report)
         return Inference(actions, chunk, feats or {}, values, diagnostics, latency, out)
@@ -250,9 +247,15 @@ class GuidedRuntime:
             actions = self.policy.decode_actions(chunk).cpu().numpy()
         latency = time.perf_counter() - t0
         feats = dict(self._hook.features) if self._hook is not None and self._hook.features is not None else {}
-        diagnostics = None
-        if self._hook is not None and self._hook.diagnostics is not None:
-            d = self._hook.diagnostics
-            diagnostics = [d.select(torch.tensor([i])).summary() for i in range(batch_size)] \
-                if batch_size > 1 else [d.summary()]
+        diagnostics = _row_summaries(self._hook.diagnostics if self._hook is not None else None, batch_size, 1)
         return Inference(actions, chunk, feats, None, diagnostics, latency, None)
+
+
+def _row_summaries(diagnostics, batch_size: int, candidates: int) -> list[dict] | None:
+    """Per observation row: the summary of its ``candidates`` samples' guidance diagnostics (``None``: unguided)."""
+    if diagnostics is None:
+        return None
+    if batch_size == 1:
+        return [diagnostics.summary()]
+    return [diagnostics.select(torch.arange(i * candidates, (i + 1) * candidates)).summary()
+            for i in range(batch_size)]
