@@ -11,6 +11,14 @@ from pathlib import Path
 from typing import Any
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file (checkpoint checksums)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file to ``path`` (parents are created)."""
     path = Path(path)

@@ -14,7 +14,6 @@ critic edited, truncated or overwritten after saving is refused at load, naming 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import warnings
@@ -29,7 +28,7 @@ from safetensors.torch import load_file
 from gaflow.critic.data import ChunkTable, episode_rows
 from gaflow.critic.models import EnsembleMLPCritic, TransformerCritic
 from gaflow.critic.targets import TARGETS, binary_success, expectile_loss, success_to_go
-from gaflow.io import atomic_save_safetensors, atomic_write_json
+from gaflow.io import atomic_save_safetensors, atomic_write_json, sha256_file
 from gaflow.normalize import compute_stats
 
 
@@ -293,9 +292,6 @@ CRITIC_FORMAT = "gaflow-critic-v2"  # v2: critic.json carries the weights' sha25
 WEIGHTS_FILE, CONFIG_FILE = "critic.safetensors", "critic.json"
 
 
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_critic(critic, out_dir: str | os.PathLike, cfg: CriticTrainConfig, extra: dict | None = None) -> None:
@@ -314,7 +310,7 @@ def save_critic(critic, out_dir: str | os.PathLike, cfg: CriticTrainConfig, extr
     atomic_save_safetensors(out / WEIGHTS_FILE, tensors)
     info = {"config": dataclasses.asdict(cfg), "feature_dims": critic.feature_dims, "chunk_len": critic.chunk_len,
             "action_dim": critic.action_dim, "format": CRITIC_FORMAT, **(extra or {}),
-            "files": {WEIGHTS_FILE: _sha256(out / WEIGHTS_FILE)}}
+            "files": {WEIGHTS_FILE: sha256_file(out / WEIGHTS_FILE)}}
     atomic_write_json(out / CONFIG_FILE, info)
 
 
@@ -341,7 +337,7 @@ def load_critic(path: str | os.PathLike):
         digest = info.get("files", {}).get(WEIGHTS_FILE)
         if digest is None:
             raise ValueError(f"critic config {cfg_file} ({fmt}) lists no sha256 for {WEIGHTS_FILE}")
-        if _sha256(w_file) != digest:
+        if sha256_file(w_file) != digest:
             raise ValueError(f"critic weights {w_file} were changed after saving or not written with {cfg_file} "
                              "(sha256 mismatch)")
     elif fmt == "gaflow-critic-v1":

@@ -46,7 +46,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from gaflow.io import atomic_save_safetensors, atomic_write, atomic_write_text
+from gaflow.io import atomic_save_safetensors, atomic_write, atomic_write_text, sha256_file
 from gaflow.normalize import Normalizer
 from gaflow.policies.compact.config import CompactPolicyConfig
 from gaflow.policies.compact.text import TextEncoder, make_text_encoder
@@ -282,7 +282,7 @@ class CompactFlowPolicy(nn.Module):
         digests = {}
         for name, (tensors, meta) in files.items():
             atomic_save_safetensors(directory / name, tensors, meta)
-            digests[name] = _sha256(directory / name)
+            digests[name] = sha256_file(directory / name)
         for name, data in (extra_files or {}).items():
             atomic_write(directory / name, lambda p, data=data: Path(p).write_bytes(data))
             digests[name] = hashlib.sha256(data).hexdigest()
@@ -357,7 +357,7 @@ def read_checkpoint_config(directory: Path) -> dict[str, Any]:
         f = directory / name
         if not f.exists():
             raise CheckpointError(f"{f} is missing (listed in {path})")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise CheckpointError(f"{f} is corrupted or was not written with {path} (sha256 mismatch)")
     for name in (WEIGHTS_FILE, NORMALIZER_FILE, TASKS_FILE):
         if name not in meta.get("files", {}):
@@ -378,14 +378,6 @@ def _as_2d(x: Any, key: str) -> torch.Tensor:
     if x.dim() != 2:
         raise ValueError(f"{key!r} must be (B, D); got {tuple(x.shape)}")
     return x
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_safetensors(path: Path, with_metadata: bool = False):
