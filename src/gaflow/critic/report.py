@@ -95,9 +95,10 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, measure_streng
                   same_data: bool = True) -> dict:
     """Quality of the critic in ``critic_dir`` on the held-out episodes of ``collect_dir``, written to ``out``.
 
-    ``measure_strength(rows)`` (optional; :func:`gaflow.evaluation.critic_check.measure_strength` bound to a policy
-    and ``guidance_cfg``) returns the guidance-strength arrays and verdict on those rows' recorded states — the
-    part that needs a policy, kept out of this package.
+    ``measure_strength(critic, table, rows)`` (optional; :func:`gaflow.evaluation.critic_check.measure_strength`
+    bound to a policy and ``guidance_cfg``) returns the guidance-strength arrays and verdict on those rows' recorded
+    states — the part that needs a policy, kept out of this package. It gets the critic and the chunk table this
+    function loaded, so neither is read twice.
     """
     from gaflow.critic.train import load_critic
 
@@ -124,7 +125,7 @@ def critic_report(critic_dir: Path, collect_dir: Path, out: Path, measure_streng
     sizing = data_sufficiency(auc_ci, len(np.unique(eps)), outcomes, per_task_eps)
     strength, verdict, warning = None, "not measured", None
     if measure_strength is not None:
-        strength = measure_strength(rows)
+        strength = measure_strength(critic, table, rows)
         verdict, warning = strength["verdict"], strength["warning"]
     report = {"critic": str(critic_dir), "data": str(collect_dir), "rows": rows_label,
               "quality_split": quality_split(critic_dir, same_data), **quality, "auc_per_task": auc_per_task,

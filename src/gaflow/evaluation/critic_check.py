@@ -86,15 +86,14 @@ def strength_verdict(ratio: np.ndarray, raw_ratio: np.ndarray | None = None,
     return "ok", None
 
 
-def measure_strength(policy_spec: str, critic_dir: Path, collect_dir: Path, guidance_cfg, rows: torch.Tensor,
-                     max_states: int = 128) -> dict:
-    """Strength of ``guidance_cfg`` with the critic in ``critic_dir`` on up to ``max_states`` recorded states
-    (``rows`` of the collect folder's chunk table) → arrays plus the verdict."""
+def measure_strength(policy_spec: str, critic, collect_dir: Path, table: ChunkTable, guidance_cfg,
+                     rows: torch.Tensor, max_states: int = 128) -> dict:
+    """Strength of ``guidance_cfg`` with ``critic`` (loaded) on up to ``max_states`` recorded states (``rows`` of the
+    collect folder's chunk ``table``) → arrays plus the verdict."""
     from gaflow.runtime import GuidedRuntime, RuntimeSpec
 
-    table = ChunkTable.load(collect_dir / "chunks.safetensors")
-    runtime = GuidedRuntime.from_spec(RuntimeSpec(policy=policy_spec, critic=str(critic_dir),
-                                                  guidance=guidance_cfg.to_dict()))
+    runtime = GuidedRuntime.from_spec(RuntimeSpec(policy=policy_spec, guidance=guidance_cfg.to_dict()),
+                                      critic=critic)
     pick = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_states]]
     with torch.no_grad():
         strength = guidance_strength(runtime, observations_at(collect_dir, table, pick))
@@ -114,6 +113,6 @@ def critic_report_with_strength(critic_dir: Path, collect_dir: Path, out: Path, 
                              "(--policy) rebuilds observations from `gaflow collect`'s episode files; run "
                              "critic-report on it without --policy")
 
-        def measure(rows):
-            return measure_strength(policy_spec, critic_dir, collect_dir, guidance_cfg, rows, max_states)
+        def measure(critic, table, rows):  # the critic and table critic_report already loaded
+            return measure_strength(policy_spec, critic, collect_dir, table, guidance_cfg, rows, max_states)
     return critic_report(critic_dir, collect_dir, out, measure, guidance_cfg, same_data=same_data)
