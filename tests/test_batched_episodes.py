@@ -63,6 +63,8 @@ def test_a_random_control_runs_its_episodes_one_at_a_time_and_so_matches_them():
     policy = load_policy("toy:default")
     make = lambda: GuidedRuntime(policy, critic=toy_critic, guidance={"relative": 0.5, "control": "random"})  # noqa: E731
     assert not rows_are_independent(make()) and rows_are_independent(GuidedRuntime(policy))
+    # other guidance batches: Guidance.start_episode reseeds only the random control
+    assert rows_are_independent(GuidedRuntime(policy, critic=toy_critic, guidance={"relative": 0.5}))
     sequential = make()
     alone = [run_episode(ToyReachEnv(), sequential, seed=s) for s in SEEDS]
     together = run_episodes_batched([ToyReachEnv() for _ in SEEDS], make(), SEEDS)

@@ -20,9 +20,10 @@ kernels compute a row independently of the batch size. That holds for the analyt
 not for matmuls on MKL: a batch-1 ``Linear`` runs a different kernel than a batch-8 one, so the compact policy's
 chunks differ in the last float bits (≈4e-7) and episodes then drift apart (BENCHMARKS §15 measures how far).
 Paired studies therefore run groups of one (``M = 1``) — which is what :func:`~gaflow.runtime.run_episode` runs:
-this is the one rollout loop. Three cases always run one episode at a time: a ``random`` guidance control (it
-draws from one generator for the whole batch), guidance with its own per-episode state, and objective terms that
-read the episode's context (the executed actions and the end-effector position, :mod:`gaflow.guidance.context`).
+this is the one rollout loop. Two cases always run one episode at a time: a ``random`` guidance control (it
+draws from one generator for the whole batch; ``Guidance.start_episode`` reseeds it per episode) and objective
+terms that read the episode's context (the executed actions and the end-effector position,
+:mod:`gaflow.guidance.context`).
 
 **Rendering where the policy looks.** The policy reads an observation once per chunk, not once per step. An env
 that renders its camera image inside ``step`` and says so (a settable ``render_images`` flag and a ``render()``
@@ -43,15 +44,13 @@ from gaflow.runtime.episode import ChunkRecord, EpisodeRecord, RecordingEnv
 
 def rows_are_independent(runtime) -> bool:
     """False where a batch shares state across its rows beyond the per-episode noise streams: a ``random``
-    guidance control (one generator for the batch), guidance with per-episode state of its own, or objective terms
-    that read each episode's own context."""
+    guidance control (one generator for the batch) or objective terms that read each episode's own context."""
     if getattr(runtime, "wants_objective_context", False):
         return False
     guidance = getattr(runtime, "guidance", None)
     if guidance is None:
         return True
-    if hasattr(guidance, "start_episode"):
-        return False
+    # Guidance's per-episode state is its random control's generator (Guidance.start_episode reseeds only that)
     control = getattr(guidance, "control", None)
     return getattr(control, "name", "none") != "random"
 
