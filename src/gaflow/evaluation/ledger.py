@@ -160,7 +160,7 @@ class Ledger:
         return {k: r for k, r in out.items() if r.get("ledger_read_id") not in out}
 
     def overlapping(self, policy_id: str, env: str, task_seeds: dict[str, list[int]],
-                    exclude: str | None = None) -> list[dict]:
+                    exclude: str | None = None, reads: dict[str, dict] | None = None) -> list[dict]:
         """Earlier reads of any of these (policy, env, task, test initial state) episodes, oldest first.
 
         Envs with a fixed set of initial states (LIBERO: a split with a period) compare initial states
@@ -173,7 +173,7 @@ class Ledger:
             return seed % period if period else seed
 
         found = []
-        for rid, r in self.reads().items():
+        for rid, r in (self.reads() if reads is None else reads).items():
             if rid == exclude or r["policy_id"] != policy_id or r["env"] != env:
                 continue
             shared = {}
@@ -197,7 +197,8 @@ class Ledger:
         read_id = previous["read_id"] if previous else uuid.uuid4().hex[:16]
         policy_id = policy_identity(policy)
         with self._locked() as f:
-            earlier = self.overlapping(policy_id, env, task_seeds, exclude=read_id)
+            reads = self.reads()  # read once, under the lock
+            earlier = self.overlapping(policy_id, env, task_seeds, exclude=read_id, reads=reads)
             if earlier and not force and not (previous and previous.get("forced")):
                 lines = [f"  - {e['started_at'][:19]} {e['command']} → {e['run']}: {e['shared_count']} shared "
                          f"episodes ({'; '.join(f'{t} {s}' for t, s in e['shared'].items())})"
@@ -208,8 +209,9 @@ class Ledger:
                     f"{env}):\n" + "\n".join(lines) + f"\nA result reported from a second read is not a clean "
                     "test result. Use fresh test seeds, or pass --force-reread (force=True) to read them again "
                     f"— the report will say so. Ledger: {self.path}")
-            if previous is None or previous.get("read_id") not in self.reads():
-                entry = {"event": "begin", "read_id": read_id, "command": command, "run": str(Path(run).resolve()) if run is not None else None,
+            if previous is None or previous.get("read_id") not in reads:
+                entry = {"event": "begin", "read_id": read_id, "command": command,
+                         "run": str(Path(run).resolve()) if run is not None else None,
                          "policy": policy, "policy_id": policy_id, "env": env,
                          "test_seeds": {t: sorted(set(s)) for t, s in task_seeds.items()},
                          "lock_hash": lock_hash, "critic_id": critic_identity(critic) if critic else None,
