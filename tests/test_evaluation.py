@@ -298,3 +298,30 @@ def test_a_run_folder_that_moves_with_its_critic_resumes(tmp_path, critic_dir):
     with pytest.raises(ValueError, match="different configuration"):  # a different critic is still another job
         run_eval(dataclasses.replace(cfg, critic=str(critic_dir)), tmp_path / "moved" / "eval", workers=1,
                  progress=False)
+
+
+def test_the_ungated_arm_is_the_guided_config_with_every_gate_off():
+    gated = {"relative": 0.4, "trust_scale": 0.5, "trust_min": 0.1, "gate_k": 3.0, "fallback_std": 0.2}
+    arms = {a.name: a for a in standard_arms(gated, ["unguided", "guided", "ungated"])}
+    assert arms["guided"].guidance == gated
+    assert arms["ungated"].guidance == {**gated, "trust_scale": None, "gate_k": 0.0, "fallback_std": None}
+    # a lock's per-task choice: tasks the lock left unguided stay unguided in the ungated arm too
+    arms = {a.name: a for a in standard_arms(None, ["unguided", "ungated"], per_task={"a": gated, "b": None},
+                                             from_lock=True)}
+    assert arms["ungated"].guidance_for("a")["trust_scale"] is None and arms["ungated"].guidance_for("b") is None
+
+
+def test_a_closed_gate_runs_unguided_episodes_and_the_ungated_arm_does_not(tmp_path, critic_dir):
+    # gate = clamp(exp(−k·std), 0, 1) with a huge k: closed for any ensemble spread, so Δv = 0 exactly
+    gated = {"relative": 0.5, "gate_k": 1e12, "gate_min": 0.0}
+    cfg = EvalConfig(policy="toy:default", env="toy", tasks=TASKS, seeds=DEFAULT_SPLITS.seeds("validation", 6),
+                     split="validation", arms=standard_arms(gated, ["unguided", "guided", "ungated"]),
+                     critic=str(critic_dir))
+    records = run_eval(cfg, tmp_path, workers=1, progress=False)
+    for r in records:
+        assert r["arms"]["guided"]["success"] == r["arms"]["unguided"]["success"]
+        assert r["arms"]["guided"]["length"] == r["arms"]["unguided"]["length"]
+    m = summarize(records, ["unguided", "guided", "ungated"])
+    assert m["pooled"]["guided"]["guidance"]["gate_mean"] == 0.0
+    assert m["pooled"]["ungated"]["guidance"]["ratio_median"] == pytest.approx(0.5, rel=1e-3)
+    assert m["pooled"]["ungated"]["fail_to_success"] + m["pooled"]["ungated"]["success_to_fail"] > 0

@@ -72,7 +72,7 @@ def eval_cmd(
     locked: Path = typer.Option(None, help="locked.json from `gaflow sweep` (required for the test split)"),
     guidance: Path = typer.Option(None, help="an ad-hoc guidance config JSON (not allowed on the test split)"),
     arms: str = typer.Option("unguided,guided,zero,random",
-                             help="unguided,guided,zero,random,best-of-N,guided+best-of-N,preset:<name> (the guided "
+                             help="unguided,guided,zero,random,ungated,best-of-N,guided+best-of-N,preset:<name> (the guided "
                                   "config with a named objective preset: preset:gentle, preset:fast)"),
     n_action_steps: int = typer.Option(None),
     num_steps: int = typer.Option(None),

@@ -55,15 +55,19 @@ class Arm:
 
 def standard_arms(guided: dict | None, names: list[str], per_task: dict[str, dict | None] | None = None,
                   from_lock: bool = False) -> list[Arm]:
-    """Arms by name: unguided, guided, zero, random, best-of-N, guided+best-of-N, and ``preset:<name>`` — the
-    guided config with its objectives replaced by a named preset (:mod:`gaflow.guidance.presets`: ``gentle``,
-    ``fast``), so behaviour presets run on the same episodes as the critic alone.
+    """Arms by name: unguided, guided, zero, random, ungated, best-of-N, guided+best-of-N, and ``preset:<name>`` —
+    the guided config with its objectives replaced by a named preset (:mod:`gaflow.guidance.presets`: ``gentle``,
+    ``fast``), so behaviour presets run on the same episodes as the critic alone. ``ungated`` is the guided config
+    with every gate off (trust gate, ensemble gate, fallback): what the gates bought, on the same episodes.
 
     ``per_task`` (from a lock): the config each task runs in the guided arms, ``None`` where the lock chose
     unguided for that task; ``from_lock``: a lock may choose unguided everywhere (``guided`` None) — the guided
     arms then run unguided, which the report says."""
     def control(cfg: dict | None, name: str) -> dict | None:
         return None if cfg is None else {**cfg, "control": name, "control_seed": 12345}
+
+    def ungate(cfg: dict | None) -> dict | None:
+        return None if cfg is None else {**cfg, "trust_scale": None, "gate_k": 0.0, "fallback_std": None}
 
     arms = []
     for name in names:
@@ -78,6 +82,8 @@ def standard_arms(guided: dict | None, names: list[str], per_task: dict[str, dic
         elif name in ("zero", "random"):
             arms.append(Arm(name, control(guided, name),
                             per_task={t: control(c, name) for t, c in tasks.items()} if tasks else None))
+        elif name == "ungated":
+            arms.append(Arm(name, ungate(guided), per_task={t: ungate(c) for t, c in tasks.items()} if tasks else None))
         elif name.startswith("best-of-"):
             arms.append(Arm(name, {"estimator": "none"}, int(name.rsplit("-", 1)[1]), "best"))
         elif name.startswith("guided+best-of-"):
@@ -88,8 +94,8 @@ def standard_arms(guided: dict | None, names: list[str], per_task: dict[str, dic
                 raise ValueError(f"arm {name!r} needs a guidance config to build its preset on")
             arms.append(Arm(name, preset_guidance(name.removeprefix("preset:"), guided)))
         else:
-            raise ValueError(f"unknown arm {name!r}: unguided, guided, zero, random, best-of-N, guided+best-of-N, "
-                             "preset:<name>")
+            raise ValueError(f"unknown arm {name!r}: unguided, guided, zero, random, ungated, best-of-N, "
+                             "guided+best-of-N, preset:<name>")
     if not arms or arms[0].name != "unguided":
         raise ValueError("the first arm must be 'unguided' (the paired baseline)")
     return arms
