@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gaflow.evaluation.inputs import describe_reads, reads_line
 from gaflow.io import atomic_write_json, atomic_write_text
 
 
@@ -216,11 +217,14 @@ def test_read_lines(header: dict | None) -> list[str]:
 def write_eval_report(out: Path, metrics: dict, meta: dict) -> Path:
     """metrics.json, report.md and plots in ``out``; returns the report path."""
     plots = plot_eval(out, metrics)
+    if "reads" not in meta:
+        meta = {**meta, "reads": describe_reads(meta["policy"], meta.get("critic"))}
     atomic_write_json(out / "metrics.json", {**meta, **metrics})
     lines = [f"# gaflow evaluation — split `{meta['split']}`", "",
              f"Every number below comes from the **{meta['split']}** seed split ({meta['n_seeds']} seeds per task: "
              f"{meta['seed_range']}), {len(metrics['per_task'])} task(s); each arm ran the same episodes "
-             "(identical initial states, identical initial flow noise for single-candidate arms).", ""]
+             "(identical initial states, identical initial flow noise for single-candidate arms).", "",
+             reads_line(meta["reads"]), ""]
     if meta.get("locked"):
         lk = meta["locked"]
         lines += [f"Guided config hash `{lk['hash']}`, locked at {lk['locked_at']} by `{lk['rule']}` on split "
