@@ -5,11 +5,11 @@ Episode identity. An episode is named by ``(task, seed)``. Its initial state —
 the simulator state — is a deterministic function of that pair, independent of the process, of earlier episodes
 and of Python's hash randomisation: :func:`placement_seed` hashes ``(task, seed)`` with SHA-256 into the seed of
 the env's own placement generator (MetaWorld's ``seeded_rand_vec`` path, which also serves its rejection loops,
-e.g. pick-place redraws a goal too close to the puck), and MetaWorld's reset rebuilds the simulator state from
-scratch (``mj_resetData`` and 50 hand-settling steps) — after :meth:`MetaWorldEnv.reset` has put the simulator back
-into the state the env was built in (see there: MetaWorld's own reset alone leaves a trace of the previous episode
-in the reset image). Placements are drawn from each task's continuous reset
-space, not from MT1's 50 fixed benchmark placements, so any integer seed is a fresh episode.
+e.g. pick-place redraws a goal too close to the puck), and the simulator starts each reset from the state the env
+was built in before MetaWorld's reset rebuilds it (``mj_resetData`` and 50 hand-settling steps; MetaWorld's reset
+alone leaves a trace of the previous episode in the reset image, see ``MetaWorldEnv._restore_built_sim``).
+Placements are drawn from each task's continuous reset space, not from MT1's 50 fixed benchmark placements, so any
+integer seed is a fresh episode.
 Paired evaluation (same episode, different guidance) relies on this; ``tests/test_metaworld_env.py`` checks it
 across processes.
 
