@@ -5,9 +5,11 @@ Episode identity. An episode is named by ``(task, seed)``. Its initial state —
 the simulator state — is a deterministic function of that pair, independent of the process, of earlier episodes
 and of Python's hash randomisation: :func:`placement_seed` hashes ``(task, seed)`` with SHA-256 into the seed of
 the env's own placement generator (MetaWorld's ``seeded_rand_vec`` path, which also serves its rejection loops,
-e.g. pick-place redraws a goal too close to the puck), and MetaWorld's reset rebuilds the simulator state from
-scratch (``mj_resetData`` and 50 hand-settling steps). Placements are drawn from each task's continuous reset
-space, not from MT1's 50 fixed benchmark placements, so any integer seed is a fresh episode.
+e.g. pick-place redraws a goal too close to the puck), and the simulator starts each reset from the state the env
+was built in before MetaWorld's reset rebuilds it (``mj_resetData`` and 50 hand-settling steps; MetaWorld's reset
+alone leaves a trace of the previous episode in the reset image, see ``MetaWorldEnv._restore_built_sim``).
+Placements are drawn from each task's continuous reset space, not from MT1's 50 fixed benchmark placements, so any
+integer seed is a fresh episode.
 Paired evaluation (same episode, different guidance) relies on this; ``tests/test_metaworld_env.py`` checks it
 across processes.
 
@@ -191,7 +193,7 @@ class MetaWorldEnv:
         terminate_on_success: bool = True,
         fast_render: bool = True,
     ) -> None:
-        import_mujoco()  # a missing GL library fails here already; this names it
+        mujoco = import_mujoco()  # a missing GL library fails here already; this names it
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
 
         self.task = task_name(task)
@@ -221,6 +223,14 @@ class MetaWorldEnv:
         env._freeze_rand_vec = False
         env.seeded_rand_vec = True
         self._env = env
+        self._mujoco = mujoco
+        # The simulator as built, restored before every reset (see reset()): the integration state of MjData
+        # (qpos, qvel, mocap, warm start, ...) and the model fields MetaWorld's reset_model writes (body and site
+        # positions: goal markers, boxes, walls).
+        self._built_state = np.empty(mujoco.mj_stateSize(env.model, mujoco.mjtState.mjSTATE_INTEGRATION))
+        mujoco.mj_getState(env.model, env.data, self._built_state, mujoco.mjtState.mjSTATE_INTEGRATION)
+        self._built_body_pos = env.model.body_pos.copy()
+        self._built_site_pos = env.model.site_pos.copy()
         self._renderer: Any = None
         self._raw_obs: np.ndarray | None = None
         self._last_obs: dict[str, Any] | None = None
@@ -232,11 +242,30 @@ class MetaWorldEnv:
     def reset(self, seed: int) -> dict[str, Any]:
         """Start episode ``(task, seed)``; its initial state depends on nothing else."""
         self.seed = int(seed)
+        self._restore_built_sim()
         self._env.seed(placement_seed(self.task, self.seed))
         raw, _ = self._env.reset()
         self._steps = 0
         self._success = False
         return self._observe(raw)
+
+    def _restore_built_sim(self) -> None:
+        """Put the simulator back into the state it was built in, so that a reset depends on nothing earlier.
+
+        Why: MetaWorld's ``reset`` runs the task's ``reset_model`` twice, the first time *before* ``mj_resetData``,
+        i.e. from the previous episode's end state. That first pass draws a goal (discarded by the second pass)
+        whose height some tasks read from the object (push: the puck's COM after 50 hand-settling steps), writes
+        it to the goal site, and the second pass's last ``mj_forward`` runs before it moves the site to the real
+        goal — so the reset frame draws the goal marker at the first pass's goal, whose height depended on where
+        the previous episode left the object (mm, or 0.6 m below the table after the puck fell off). Running
+        the first pass from the built state makes that frame a function of ``(task, seed)``, exactly a fresh
+        env's (so episodes recorded with fresh envs are unchanged).
+        """
+        mujoco, model, data = self._mujoco, self._env.model, self._env.data
+        model.body_pos[:] = self._built_body_pos
+        model.site_pos[:] = self._built_site_pos
+        mujoco.mj_setState(model, data, self._built_state, mujoco.mjtState.mjSTATE_INTEGRATION)
+        mujoco.mj_forward(model, data)  # derived quantities as after MetaWorld's constructor (which forwards too)
 
     def step(self, action: Any) -> tuple[dict[str, Any], bool, bool, dict[str, Any]]:
         if self._raw_obs is None:
