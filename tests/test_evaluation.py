@@ -325,3 +325,20 @@ def test_a_closed_gate_runs_unguided_episodes_and_the_ungated_arm_does_not(tmp_p
     assert m["pooled"]["guided"]["guidance"]["gate_mean"] == 0.0
     assert m["pooled"]["ungated"]["guidance"]["ratio_median"] == pytest.approx(0.5, rel=1e-3)
     assert m["pooled"]["ungated"]["fail_to_success"] + m["pooled"]["ungated"]["success_to_fail"] > 0
+
+
+def test_the_rule_does_not_force_the_pooled_choice_on_a_task_whose_validation_it_measurably_harms():
+    from gaflow.evaluation.sweep import choose_per_task, harmful, paired_evidence
+
+    # cfg0 lifts tasks a and b clearly (pooled: supported), and hurts c on 9 of its 10 episodes
+    recs = _records({"a": [(0, 1)] * 12 + [(1, 1)] * 8, "b": [(0, 1)] * 12 + [(1, 1)] * 8,
+                     "c": [(1, 0)] * 9 + [(1, 1)] * 11})
+    row = {"arm": "cfg0", "config": {"relative": 0.4}, "strength": 0.4, **paired_evidence(recs, "cfg0"),
+           "per_task": {t: paired_evidence([r for r in recs if r["task"] == t], "cfg0") for t in "abc"}}
+    assert row["per_task"]["c"]["p_harm"] == pytest.approx(2 ** -9) and harmful(row["per_task"]["c"])
+    pooled, per_task = choose_per_task([row], ["a", "b", "c"])
+    assert pooled is row and per_task == {"a": {"relative": 0.4}, "b": {"relative": 0.4}, "c": None}
+    # a task whose validation is merely flat keeps the pooled choice (not significant either way)
+    flat = _records({"c": [(1, 0)] * 2 + [(0, 1)] * 1 + [(1, 1)] * 17})
+    row["per_task"]["c"] = paired_evidence(flat, "cfg0")
+    assert not harmful(row["per_task"]["c"]) and choose_per_task([row], ["a", "b", "c"])[1]["c"] == {"relative": 0.4}

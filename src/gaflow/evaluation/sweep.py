@@ -34,7 +34,8 @@ from gaflow.runtime.executor import Executor
 
 RULE = ("paired-lcb: among configs whose paired validation lift is significant (one-sided clustered sign-flip "
         "p < 0.05), the largest one-sided 95 % lower confidence bound (cluster bootstrap over initial states); "
-        "none: unguided; per task where the task's own validation is significant, else pooled")
+        "none: unguided; per task where the task's own validation is significant, else pooled — unless the task's "
+        "own validation shows significant harm from the pooled choice (one-sided p < 0.05): unguided there")
 UNGUIDED = "unguided"  # the hash of a lock that chose no config
 FIXED_RULE = "fixed: the one given config, bound to this critic and these tasks (not chosen on these episodes)"
 LCB_CONFIDENCE = 0.90  # a two-sided 90 % interval's lower end is a one-sided 95 % bound
@@ -50,7 +51,7 @@ def paired_evidence(records: list[dict], arm: str, baseline: str = "unguided") -
     from gaflow.evaluation.stats import cluster_bootstrap_ci, cluster_sign_flip_test
 
     if not records:
-        return {"lift": float("nan"), "lcb": float("nan"), "p": 1.0}
+        return {"lift": float("nan"), "lcb": float("nan"), "p": 1.0, "p_harm": 1.0}
     base = np.array([float(r["arms"][baseline]["success"]) for r in records])
     got = np.array([float(r["arms"][arm]["success"]) for r in records])
     clusters = [f"{r['task']}/{r['arms'][baseline].get('init_state_sha', r['seed'])}" for r in records]
@@ -61,12 +62,33 @@ def paired_evidence(records: list[dict], arm: str, baseline: str = "unguided") -
     test = cluster_sign_flip_test(base, got, clusters)
     lift = float((got - base).mean())
     p = test.p_value / 2 if lift > 0 else 1.0 - test.p_value / 2  # the null is symmetric under sign flips
-    return {"lift": lift, "lcb": float(lo), "p": float(min(1.0, p))}
+    p_harm = test.p_value / 2 if lift < 0 else 1.0 - test.p_value / 2  # one-sided, for "the config hurts"
+    return {"lift": lift, "lcb": float(lo), "p": float(min(1.0, p)), "p_harm": float(min(1.0, p_harm))}
 
 
 def supported(evidence: dict, alpha: float = ALPHA) -> bool:
     """Validation supports a config when its lift is positive and significant (one-sided, clustered)."""
     return evidence["lift"] > 0 and evidence["p"] < alpha
+
+
+def harmful(evidence: dict, alpha: float = ALPHA) -> bool:
+    """Validation shows significant harm: a negative lift with one-sided clustered sign-flip p < ``alpha``."""
+    return evidence["lift"] < 0 and evidence.get("p_harm", 1.0) < alpha
+
+
+def choose_per_task(rows: list[dict], tasks: list[str]) -> tuple[dict | None, dict[str, dict | None]]:
+    """The paired-lcb rule: the pooled choice (:func:`choose`), and per task the task's own supported choice, else
+    the pooled one — unless the task's own validation shows that the pooled choice harms it (:func:`harmful`),
+    then unguided there: a config that helps the other tasks is not forced on a task it measurably hurts."""
+    pooled = choose(rows)
+    per_task = {}
+    for t in tasks:
+        own = choose([{**r, "task_evidence": r["per_task"][t]} for r in rows], key="task_evidence")
+        pick = own or pooled
+        if pick is not None and own is None and harmful(pick["per_task"][t]):
+            pick = None
+        per_task[t] = pick["config"] if pick is not None else None
+    return pooled, per_task
 
 
 def choose(rows: list[dict], key: str | None = None) -> dict | None:
@@ -152,12 +174,7 @@ def run_sweep(base_eval: EvalConfig, configs: list[dict], out: Path, workers: in
             raise ValueError("rule='fixed' locks exactly one given config")
         pooled, per_task_choice = rows[0], {t: rows[0]["config"] for t in base_eval.tasks}
     else:
-        pooled = choose(rows)
-        per_task_choice = {}
-        for t in base_eval.tasks:  # the task's own evidence first, else the pooled choice
-            own = choose([{**r, "task_evidence": r["per_task"][t]} for r in rows], key="task_evidence")
-            pick = own or pooled
-            per_task_choice[t] = pick["config"] if pick is not None else None
+        pooled, per_task_choice = choose_per_task(rows, list(base_eval.tasks))
     cfg = GuidanceConfig.from_dict(pooled["config"]) if pooled is not None else None
     out = Path(out)
     critic_rel = os.path.relpath(base_eval.critic, out) if base_eval.critic else None
